@@ -1,0 +1,73 @@
+"""The root `fleetctl` command: global options, the context, and the sub-apps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fleetctl import __version__
+from fleetctl.cli import fleet_cmds, quarantine, run_cmds, sim
+from fleetctl.cli.errors import FleetGroup
+from fleetctl.cli.output import CliState
+from fleetctl.context import FleetContext
+
+app = typer.Typer(
+    cls=FleetGroup,
+    help="Staged, journaled, freeze-aware host-controller updates across a fleet, through Ansible.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fleetctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="fleet.yml to use (else $FLEETCTL_CONFIG, else ./fleet.yml)."),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="State database: a SQLAlchemy URL or a SQLite path (else $FLEETCTL_DB, else `state:` in fleet.yml).",
+        ),
+    ] = None,
+    operator: Annotated[
+        str | None,
+        typer.Option(
+            "--operator",
+            help="Who is acting, for the journal (else $FLEETCTL_OPERATOR, else your login name).",
+        ),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """fleetctl updates the host controller across a fleet in stages (canary, rings, the rest), records
+    which version every node runs, honours freezes and windows, and rolls back with one command."""
+    db_url = db
+    if db and "://" not in db:
+        db_url = f"sqlite:///{Path(db).resolve()}"
+    ctx.obj = CliState(FleetContext(config_path=config, db_url=db_url, operator=operator), debug=debug)
+
+
+fleet_cmds.register(app)
+run_cmds.register(app)
+app.add_typer(quarantine.app, name="quarantine")
+app.add_typer(sim.app, name="sim")
+
+
+def run() -> None:
+    app()

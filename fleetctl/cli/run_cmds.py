@@ -1,0 +1,318 @@
+"""`rollout`, `plan`, `runs`, `status`, `pause`, `resume`, `abort`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+
+from fleetctl import control
+from fleetctl import plan as planning
+from fleetctl import rollout as rollouts
+from fleetctl.cli.output import CliState, print_json, state, table, when
+from fleetctl.cli.progress import Renderer
+from fleetctl.engine import Engine
+from fleetctl.errors import ExitCode, UsageError
+from fleetctl.plan import Plan
+from fleetctl.store.runs import RunRecord
+from fleetctl.units import format_duration
+
+JsonOption = Annotated[bool, typer.Option("--json", help="JSON to stdout (JSON lines while a run goes).")]
+YesOption = Annotated[
+    bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed without a terminal).")
+]
+RunArg = Annotated[
+    str | None, typer.Argument(help="Run id (or a unique prefix). Default: the newest that fits.")
+]
+
+BLOCKED_PAUSES = ("frozen", "window closed")
+
+
+def register(app: typer.Typer) -> None:
+    for name, fn in (
+        ("plan", plan),
+        ("rollout", rollout),
+        ("runs", runs),
+        ("status", status),
+        ("pause", pause),
+        ("resume", resume),
+        ("abort", abort),
+    ):
+        app.command(name)(fn)
+
+
+def plan(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="The version to plan for, e.g. 1.2.0.")],
+    limit: Annotated[
+        str | None, typer.Option("--limit", "-l", help="Only hosts matching this Ansible pattern.")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the plan as JSON to this file, for `rollout --plan`."),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Show what a rollout would do, touching no node: stages, batches, bakes, budgets, skipped hosts."""
+    st = state(ctx)
+    p = rollouts.make_plan(st.ctx, version, limit)
+    if output:
+        output.write_text(json.dumps(p.to_json(), indent=2) + "\n")
+    if json_out:
+        return print_json(p.to_json())
+    show_plan(st, p)
+    if output:
+        st.err.print(f"plan written to {output}; run it with `fleetctl rollout --plan {output}`")
+
+
+def show_plan(st: CliState, p: Plan) -> None:
+    st.out.print(
+        f"plan {p.fingerprint}: {p.component} -> {p.version} on {len(p.hosts)} host(s), "
+        f"estimated {format_duration(p.estimate_seconds())}, run budget {p.max_failures} failure(s), "
+        f"on_failure {p.on_failure}"
+    )
+    for stage in p.stages:
+        st.out.print(f"  {planning.describe(stage)}")
+        for i, batch in enumerate(stage.batches, 1):
+            shown = ", ".join(batch[:8]) + (f", ... (+{len(batch) - 8})" if len(batch) > 8 else "")
+            st.out.print(f"    batch {i}: {shown}")
+    reasons: dict[str, int] = {}
+    for s in p.skipped:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    for reason, n in reasons.items():
+        st.out.print(f"  skipped {n} host(s): {reason}")
+
+
+def rollout(
+    ctx: typer.Context,
+    version: Annotated[str | None, typer.Argument(help="The version to roll out, e.g. 1.2.0.")] = None,
+    limit: Annotated[
+        str | None, typer.Option("--limit", "-l", help="Only hosts matching this Ansible pattern.")
+    ] = None,
+    plan_file: Annotated[
+        Path | None, typer.Option("--plan", help="Run exactly this saved plan (refused when stale).")
+    ] = None,
+    forks: Annotated[
+        int | None,
+        typer.Option("--forks", min=1, max=500, help="Parallel hosts per batch (default: rollout.forks)."),
+    ] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why, for the journal.")] = None,
+    yes: YesOption = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Roll VERSION out by the policy's stages (canary, rings, the rest), with health gates between batches.
+    A failed budget halts the run and, with on_failure: rollback, reverts it and quarantines VERSION."""
+    st = state(ctx)
+    p = rollouts.prepare(st.ctx, version, limit=limit, plan_file=plan_file)
+    rollouts.refuse_quarantined(st.ctx, p.version or "")
+    if not p.hosts:
+        if json_out:
+            return print_json(summary(None, "rollout", "noop"))
+        st.err.print(f"nothing to do: every selected host already runs {p.version}")
+        return
+    confirm(st, yes, lambda: show_plan(st, p), f"Roll {p.version} out to {len(p.hosts)} host(s)?")
+    options = {"forks": forks} if forks else {}
+    with running(st, json_out) as (renderer, ready):
+        st.ctx.events = renderer
+        run = rollouts.start(st.ctx, p, reason=reason, options=options, engine_ready=ready)
+    finish(st, run, json_out)
+
+
+def confirm(st: CliState, yes: bool, show: Callable[[], None], question: str) -> None:
+    if yes:
+        return
+    if not st.interactive:
+        raise UsageError(
+            "refusing to change the fleet without confirmation and without a terminal to ask on", "pass --yes"
+        )
+    show()
+    if not typer.confirm(question, default=False, err=True):
+        raise typer.Exit(1)
+
+
+@contextmanager
+def running(st: CliState, json_out: bool):  # type: ignore[no-untyped-def]
+    """Progress rendering plus Ctrl-C/SIGTERM handling: the first interrupt cancels Ansible cleanly and the
+    run ends `interrupted` (exit 130); a second one stops at once."""
+    engines: list[Engine] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        if engines and not getattr(handler, "fired", False):
+            handler.fired = True  # type: ignore[attr-defined]
+            st.err.print("interrupt: stopping Ansible and recording where the run is (again to force)")
+            engines[0].interrupt()
+        else:
+            raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    renderer = Renderer.choose(json_out)
+    try:
+        with renderer:
+            yield renderer, engines.append
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def summary(run: RunRecord | None, kind: str, status: str, hosts: list[Any] | None = None) -> dict[str, Any]:
+    hosts = hosts or []
+    ok_states = ("done", "rolled_back") if kind == "rollback" else ("done",)
+    return {
+        "run": run.id if run else None,
+        "kind": kind,
+        "status": status,
+        "succeeded": [h.host for h in hosts if h.state in ok_states],
+        "failed": [{"host": h.host, "error": h.error} for h in hosts if h.state == "failed"],
+        "reason": run.status_reason if run else None,
+    }
+
+
+def exit_code(run: RunRecord) -> int:
+    if run.status == "succeeded":
+        return ExitCode.OK
+    if run.status == "interrupted":
+        return ExitCode.INTERRUPTED
+    if run.status == "paused":
+        return ExitCode.BLOCKED if (run.status_reason or "").startswith(BLOCKED_PAUSES) else ExitCode.OK
+    return ExitCode.FAILED
+
+
+def finish(st: CliState, run: RunRecord | None, json_out: bool) -> None:
+    if run is None:
+        return
+    hosts = st.ctx.store.runs.hosts(run.id)
+    doc = summary(run, run.kind, run.status, hosts)
+    if json_out:
+        print_json(doc)
+    else:
+        st.err.print(f"run {run.id} {run.status}" + (f": {run.status_reason}" if run.status_reason else ""))
+        st.err.print(f"  {len(doc['succeeded'])} host(s) ok, {len(doc['failed'])} failed")
+        for f in doc["failed"][:20]:
+            st.err.print(f"  ✗ {f['host']}: {f['error']}")
+        if run.status == "paused":
+            st.err.print(f"  continue with `fleetctl resume {run.id}`")
+    code = exit_code(run)
+    if code:
+        raise typer.Exit(int(code))
+
+
+def runs(
+    ctx: typer.Context,
+    last: Annotated[int, typer.Option("--last", "-n", help="How many runs.")] = 20,
+    json_out: JsonOption = False,
+) -> None:
+    """List runs, newest first."""
+    st = state(ctx)
+    records = st.ctx.store.runs.list(limit=last)
+    if json_out:
+        return print_json({"runs": [r.to_json() for r in records]})
+    t = table("RUN", "KIND", "TARGET", "STATUS", "OPERATOR", "STARTED", "FINISHED", "REASON")
+    for r in records:
+        t.add_row(
+            r.id,
+            r.kind,
+            r.target or "-",
+            r.status,
+            r.operator or "-",
+            when(r.started_at),
+            when(r.finished_at),
+            r.status_reason or "",
+        )
+    st.out.print(t)
+
+
+def status(
+    ctx: typer.Context,
+    run: RunArg = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Keep showing progress until the run ends.")
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """A run's status from the journal (works from any terminal): stage, batch, hosts per state, ETA, failures."""
+    st = state(ctx)
+    if not watch:
+        s = control.status(st.ctx, run)
+        return print_json(s.to_json()) if json_out else st.out.print(render_status(s))
+    run_id = control.status(st.ctx, run).run.id
+    last = None
+    live = Live(console=st.err, refresh_per_second=2) if st.interactive and not json_out else None
+    if live:
+        live.start()
+    try:
+        while True:
+            s = control.status(st.ctx, run_id)
+            doc = s.to_json()
+            key = json.dumps(
+                {k: doc["run"][k] for k in ("status", "stage", "batch", "counts")}, sort_keys=True
+            )
+            if live:
+                live.update(render_status(s))
+            elif key != last:
+                print_json(doc) if json_out else st.out.print(render_status(s))
+            last = key
+            if doc["run"]["status"] not in ("running", "planned"):
+                break
+            time.sleep(1.0)
+    finally:
+        if live:
+            live.stop()
+
+
+def render_status(s: control.RunStatus) -> str:
+    doc = s.to_json()["run"]
+    lines = [
+        f"run {doc['id']}  {doc['kind']} {doc['target'] or ''}  {doc['status']}"
+        + (f" ({doc['reason']})" if doc["reason"] else ""),
+        f"  operator {doc['operator']}  started {doc['started_at']}",
+        f"  stage {doc['stage'] or '-'}  batch {doc['batch'] or '-'}  "
+        + "  ".join(f"{k} {v}" for k, v in sorted(doc["counts"].items()))
+        + f"  (of {doc['total']})",
+    ]
+    if doc["eta_seconds"] is not None:
+        lines.append(f"  eta {format_duration(doc['eta_seconds'])}")
+    for h in s.hosts:
+        if h.state == "failed":
+            lines.append(f"  ✗ {h.host}: {h.error}")
+    return "\n".join(lines)
+
+
+def pause(ctx: typer.Context, run: RunArg = None) -> None:
+    """Ask a running run to pause at its next batch boundary."""
+    st = state(ctx)
+    r = control.pause(st.ctx, run)
+    st.err.print(f"run {r.id} will pause at the next batch boundary; `fleetctl resume {r.id}` continues it")
+
+
+def resume(
+    ctx: typer.Context, run: RunArg = None, yes: YesOption = False, json_out: JsonOption = False
+) -> None:
+    """Continue a paused or interrupted run (default: the newest). Hosts left mid-update are re-checked first."""
+    st = state(ctx)
+    confirm(st, yes, lambda: None, "Resume the run?")
+    with running(st, json_out) as (renderer, ready):
+        st.ctx.events = renderer
+        r = control.resume(st.ctx, run, engine_ready=ready)
+    finish(st, r, json_out)
+
+
+def abort(ctx: typer.Context, run: RunArg = None, json_out: JsonOption = False) -> None:
+    """Abort a run: the batch in flight is cancelled, then the run's on_failure applies (rollback by default)."""
+    st = state(ctx)
+    with running(st, json_out) as (renderer, _ready):
+        st.ctx.events = renderer
+        r = control.abort(st.ctx, run)
+    if r.status in ("running",):
+        st.err.print(
+            f"abort requested; run {r.id} stops its batch and applies on_failure "
+            f"(watch with `fleetctl status --watch {r.id}`)"
+        )
+        return
+    finish(st, r, json_out)

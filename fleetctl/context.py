@@ -1,0 +1,90 @@
+"""The injected context every entry point takes: where config and journal are, who operates, what time it is.
+
+Tests build one with a fixed clock and their own paths; the CLI builds one from its options. Config,
+inventory and store are loaded lazily and once.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+
+from fleetctl.config import FleetConfig, find_config, load_config
+from fleetctl.events import Event, EventSink, discard
+from fleetctl.executor import Executor, ExecutorSettings
+from fleetctl.inventory import Fleet, load_inventory
+from fleetctl.resources import playbooks_dir
+from fleetctl.store import Store
+
+
+def default_operator(env: Mapping[str, str]) -> str:
+    if env.get("FLEETCTL_OPERATOR"):
+        return env["FLEETCTL_OPERATOR"]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"
+
+
+@dataclass
+class FleetContext:
+    config_path: Path | None = None
+    db_url: str | None = None
+    operator: str | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    events: EventSink = discard
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    @property
+    def who(self) -> str:
+        return self.operator or default_operator(self.env)
+
+    @cached_property
+    def config(self) -> FleetConfig:
+        return load_config(find_config(self.config_path, self.env))
+
+    @cached_property
+    def fleet(self) -> Fleet:
+        return load_inventory(self.config.inventory)
+
+    @cached_property
+    def store(self) -> Store:
+        url = self.db_url or self.env.get("FLEETCTL_DB") or None
+        return Store.open(self.config.state_url(url), clock=self.clock)
+
+    @property
+    def component(self) -> str:
+        return self.config.component
+
+    @property
+    def lock_name(self) -> str:
+        return f"fleet:{self.component}"
+
+    @cached_property
+    def state_dir(self) -> Path:
+        """Private working files (ansible-runner artifacts) beside fleet.yml."""
+        path = self.config.base_dir / ".fleetctl"
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    def executor(self) -> Executor:
+        cfg = self.config
+        return Executor(
+            ExecutorSettings(
+                inventory=cfg.inventory,
+                playbooks=cfg.playbooks or playbooks_dir(),
+                work_dir=self.state_dir / "runner",
+                extravars=dict(cfg.vars),
+            )
+        )
+
+    def emit(self, event_kind: str, run_id: str | None = None, /, **data: object) -> None:
+        self.events(Event(event_kind, run_id, dict(data), self.now()))

@@ -1,0 +1,160 @@
+"""Run control from any terminal: list runs, status from the journal, pause, resume, abort."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fleetctl.context import FleetContext
+from fleetctl.engine import Checkpoint, Engine
+from fleetctl.errors import UsageError
+from fleetctl.plan import Plan
+from fleetctl.store.runs import ACTIVE, RunHost, RunRecord
+
+RESUMABLE = ("paused", "interrupted", "running", "halted")
+
+
+@dataclass
+class RunStatus:
+    run: RunRecord
+    hosts: list[RunHost]
+    holder_alive: bool
+    now: datetime
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for h in self.hosts:
+            out[h.state] = out.get(h.state, 0) + 1
+        return out
+
+    @property
+    def finished(self) -> int:
+        return sum(1 for h in self.hosts if h.state in ("done", "failed", "rolled_back", "skipped"))
+
+    def eta_seconds(self) -> float | None:
+        """Remaining time at the pace so far (plan estimate when nothing has finished yet)."""
+        total = len(self.hosts)
+        if not total or self.run.status not in ("running",):
+            return None
+        started = self.run.started_at or self.run.created_at
+        elapsed = (self.now - started).total_seconds()
+        done = self.finished
+        if done == 0:
+            plan = Plan.from_json(self.run.plan) if self.run.plan else None
+            return max(0.0, plan.estimate_seconds() - elapsed) if plan else None
+        return max(0.0, elapsed / done * (total - done))
+
+    def to_json(self) -> dict[str, Any]:
+        run = self.run.to_json()
+        status = run["status"]
+        if status == "running" and not self.holder_alive:
+            status = "interrupted"
+        run.update(status=status, counts=self.counts, total=len(self.hosts), eta_seconds=self.eta_seconds())
+        return {
+            "run": run,
+            "failed": [{"host": h.host, "error": h.error} for h in self.hosts if h.state == "failed"],
+            "hosts": [h.to_json() for h in self.hosts],
+        }
+
+
+def find_run(ctx: FleetContext, ref: str | None, statuses: tuple[str, ...] | None = None) -> RunRecord:
+    store = ctx.store
+    if ref:
+        run = store.runs.find(ref)
+        if run is None:
+            raise UsageError(f"no run {ref!r} in the journal", "list runs with `fleetctl runs`")
+        return run
+    runs = store.runs.list(limit=1, statuses=statuses)
+    if not runs:
+        what = "run" if statuses is None else f"run in state {'/'.join(statuses)}"
+        raise UsageError(f"no {what} in the journal", "list runs with `fleetctl runs`")
+    return runs[0]
+
+
+def holder_alive(ctx: FleetContext, run: RunRecord) -> bool:
+    lock = ctx.store.locks.holder(ctx.lock_name)
+    return bool(lock and lock.run_id == run.id and not ctx.store.locks.is_dead(lock))
+
+
+def status(ctx: FleetContext, ref: str | None = None) -> RunStatus:
+    run = find_run(ctx, ref)
+    return RunStatus(run, ctx.store.runs.hosts(run.id), holder_alive(ctx, run), ctx.now())
+
+
+def pause(ctx: FleetContext, ref: str | None = None) -> RunRecord:
+    run = find_run(ctx, ref, statuses=("running",))
+    if run.status != "running":
+        raise UsageError(
+            f"run {run.id} is {run.status}; only a running run can be paused", "see `fleetctl runs`"
+        )
+    ctx.store.runs.request(run.id, "pause")
+    ctx.store.audit.record("run.pause", run.id, None, ctx.who)
+    return run
+
+
+def abort(ctx: FleetContext, ref: str | None = None, wait: float = 0.0) -> RunRecord:
+    """Abort a run. A live run cancels its batch in flight and applies on_failure itself; a run with no
+    live process (paused, interrupted) has on_failure applied here."""
+    run = find_run(ctx, ref, statuses=ACTIVE)
+    if run.status not in ACTIVE + ("halted",):
+        raise UsageError(f"run {run.id} already ended ({run.status})", "see `fleetctl runs`")
+    ctx.store.audit.record("run.abort", run.id, None, ctx.who)
+    if holder_alive(ctx, run):
+        ctx.store.runs.request(run.id, "abort")
+        return run
+    token, _ = ctx.store.locks.acquire(ctx.lock_name, run_id=run.id, owner=ctx.who)
+    try:
+        engine = Engine(ctx)
+        plan = Plan.from_json(run.plan or {})
+        ctx.store.runs.update(run.id, status="aborted", status_reason=f"aborted by {ctx.who}")
+        if plan.kind == "rollout" and plan.on_failure == "rollback":
+            executor = ctx.executor()
+            engine._revert(run, plan, executor, f"aborted by {ctx.who}")
+        return ctx.store.runs.get(run.id) or run
+    finally:
+        ctx.store.locks.release(ctx.lock_name, token)
+
+
+def resume(
+    ctx: FleetContext,
+    ref: str | None = None,
+    *,
+    checkpoints: list[Checkpoint] | None = None,
+    engine_ready: Callable[[Engine], None] | None = None,
+) -> RunRecord:
+    """Continue a paused or interrupted run (default: the newest one)."""
+    if ref:
+        run = find_run(ctx, ref)
+    else:
+        candidates = [
+            r
+            for r in ctx.store.runs.list(limit=20, statuses=RESUMABLE)
+            if r.status != "running" or not holder_alive(ctx, r)
+        ]
+        if not candidates:
+            raise UsageError("no paused or interrupted run to resume", "list runs with `fleetctl runs`")
+        run = candidates[0]
+    if run.status not in RESUMABLE:
+        raise UsageError(f"run {run.id} is {run.status}; it cannot be resumed", "see `fleetctl runs`")
+    token, dead = ctx.store.locks.acquire(ctx.lock_name, run_id=run.id, owner=ctx.who)
+    try:
+        if dead:
+            ctx.store.audit.record("lock.takeover", run.id, "holder is dead", ctx.who, dead.to_json())
+        ctx.store.runs.update(run.id, control=None)
+        ctx.emit(
+            "run.started",
+            run.id,
+            kind=run.kind,
+            version=run.target,
+            resumed=True,
+            hosts=len(ctx.store.runs.hosts(run.id)),
+        )
+        engine = Engine(ctx, checkpoints)
+        if engine_ready:
+            engine_ready(engine)
+        return engine.execute(run.id, token)
+    finally:
+        ctx.store.locks.release(ctx.lock_name, token)

@@ -1,0 +1,429 @@
+"""Executes a Plan batch by batch: checkpoint, journal, executor, journal, health gate, budgets.
+
+Every host state is written before and after each step, so `resume` after a crash re-checks the hosts
+left `updating` (facts.yml) and carries on: no host updated twice, none forgotten. On a halt with
+`on_failure: rollback` the engine runs a revert plan over every host the run touched and quarantines
+the version. The engine never prints; it emits events through the context.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fleetctl.context import FleetContext
+from fleetctl.errors import ExitCode, FleetError
+from fleetctl.executor import Executor, HostResult
+from fleetctl.health import Prober, bake
+from fleetctl.plan import Plan, StagePlan, revert_plan
+from fleetctl.store.runs import RunHost, RunRecord
+
+HEARTBEAT_EVERY = 10.0
+CONTROL_POLL = 0.5
+TOUCHED = ("updating", "verifying", "done", "failed", "rolling_back")
+
+# A checkpoint looks at the run before a batch starts and returns a reason to pause, or None.
+Checkpoint = Callable[[RunRecord, StagePlan, int], str | None]
+
+
+class Interrupted(FleetError):
+    exit_code = ExitCode.INTERRUPTED
+
+
+class Watch:
+    """Background thread for a running run: keeps the lock's heartbeat, and turns an `abort` request
+    from another terminal (or an interrupt here) into a cancel that stops Ansible at once."""
+
+    def __init__(self, ctx: FleetContext, run_id: str, token: str) -> None:
+        self.ctx, self.run_id, self.token = ctx, run_id, token
+        self.cancel = threading.Event()
+        self.aborted_by: str | None = None
+        self.interrupted = False
+        self.lost_lock = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"watch-{run_id}", daemon=True)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        self.cancel.set()
+
+    def _loop(self) -> None:
+        store = self.ctx.store
+        beat = 0.0
+        while not self._stop.wait(CONTROL_POLL):
+            beat += CONTROL_POLL
+            run = store.runs.get(self.run_id)
+            if run and run.control == "abort" and not self.cancel.is_set():
+                self.aborted_by = "abort requested"
+                self.cancel.set()
+            if beat >= HEARTBEAT_EVERY:
+                beat = 0.0
+                if not store.locks.heartbeat(self.ctx.lock_name, self.token, self.run_id):
+                    self.lost_lock = True
+                    self.cancel.set()
+
+
+@dataclass
+class _Counters:
+    run_failed: int
+    stage_failed: dict[str, int]
+
+
+class Engine:
+    def __init__(self, ctx: FleetContext, checkpoints: list[Checkpoint] | None = None) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
+        self.checkpoints = checkpoints or []
+        self.watch: Watch | None = None
+
+    # -- entry -----------------------------------------------------------------------------------
+    def execute(self, run_id: str, token: str) -> RunRecord:
+        """Run (or continue) `run_id` while holding the fleet lock `token`. Returns the final record."""
+        run = self._run(run_id)
+        plan = Plan.from_json(run.plan or {})
+        executor = self.ctx.executor()
+        with Watch(self.ctx, run_id, token) as watch:
+            self.watch = watch
+            try:
+                self._reconcile(run, executor)
+                if run.status == "halted" or any(
+                    h.state == "rolling_back" for h in self.store.runs.hosts(run_id)
+                ):
+                    self._revert(run, plan, executor, run.status_reason or "halted")
+                else:
+                    self._forward(run, plan, executor)
+            except KeyboardInterrupt:
+                watch.interrupt()
+                self._interrupted(run_id)
+            except Exception as exc:
+                # Leave the run resumable, with the cause in the journal, then let the error surface.
+                self.store.runs.update(
+                    run_id, status="interrupted", status_reason=f"internal error: {exc}"[:500]
+                )
+                raise
+            finally:
+                self.watch = None
+        if watch.interrupted:
+            self._interrupted(run_id)
+        return self._run(run_id)
+
+    def interrupt(self) -> None:
+        """Called from a signal handler: cancel Ansible now; the run ends `interrupted`."""
+        if self.watch:
+            self.watch.interrupt()
+
+    # -- forward ---------------------------------------------------------------------------------
+    def _forward(self, run: RunRecord, plan: Plan, executor: Executor) -> None:
+        states = self._states(run.id)
+        counters = _Counters(
+            run_failed=sum(1 for h in states.values() if h.state == "failed"),
+            stage_failed={
+                s.name: sum(1 for h in s.hosts if states[h].state == "failed") for s in plan.stages
+            },
+        )
+        prober = Prober(self.ctx.fleet, self.ctx.config.health.probes, executor)
+        forks = int(run.options.get("forks") or plan.forks)
+        self.store.runs.update(run.id, status="running", status_reason=None, control=None)
+        for stage in plan.stages:
+            for index, batch in enumerate(stage.batches):
+                states = self._states(run.id)
+                todo = [h for h in batch if states[h].state == "pending"]
+                verifying = [h for h in batch if states[h].state == "verifying"]
+                if not todo and not verifying:
+                    continue
+                if todo:
+                    pause = self._checkpoint(run.id, stage, index)
+                    if pause:
+                        self.store.runs.update(run.id, status="paused", status_reason=pause, control=None)
+                        self.ctx.emit("run.paused", run.id, reason=pause, stage=stage.name, batch=index + 1)
+                        return
+                    self.store.runs.update(run.id, stage=stage.name, batch=index + 1)
+                    if index == 0:
+                        self.ctx.emit(
+                            "stage.started",
+                            run.id,
+                            stage=stage.name,
+                            hosts=len(stage.hosts),
+                            batches=len(stage.batches),
+                            bake=stage.bake,
+                        )
+                    self._update_batch(
+                        run, plan, stage, index, todo, executor, forks, counters, bool(prober.probes)
+                    )
+                    if self._cancelled(run, plan, executor):
+                        return
+                    reason = self._over_budget(plan, stage, counters)
+                    if reason:
+                        return self._halt(run, plan, executor, reason)
+                if not self._gate(run, plan, stage, executor, prober, counters):
+                    return
+        self._finish(run.id, "succeeded")
+
+    def _update_batch(
+        self,
+        run: RunRecord,
+        plan: Plan,
+        stage: StagePlan,
+        index: int,
+        hosts: list[str],
+        executor: Executor,
+        forks: int,
+        counters: _Counters,
+        probes: bool,
+    ) -> None:
+        runs, ledger = self.store.runs, self.store.ledger
+        runs.set_hosts(run.id, hosts, "updating")
+        self.ctx.emit(
+            "batch.started", run.id, stage=stage.name, batch=index + 1, of=len(stage.batches), hosts=hosts
+        )
+
+        def record(result: HostResult) -> None:
+            target = plan.targets[result.host]
+            values = {"from_version": result.previous} if result.previous else {}
+            if result.version is not None:
+                ledger.record(
+                    plan.component,
+                    {result.host: result.version},
+                    source="fleetctl",
+                    run_id=run.id,
+                    operator=run.operator,
+                )
+            if result.status == "cancelled":
+                return  # left `updating`: resume or the abort path re-checks it with facts
+            if result.ok and result.version == target:
+                runs.set_host(run.id, result.host, state="verifying" if probes else "done", **values)
+            else:
+                error = result.error or f"reports {result.version} after the update, expected {target}"
+                runs.set_host(run.id, result.host, state="failed", error=error, **values)
+                self._count_failure(plan, result.host, counters)
+            self.ctx.emit("host.result", run.id, stage=stage.name, batch=index + 1, **result.to_json())
+
+        executor.run(
+            "update.yml",
+            hosts,
+            forks=forks,
+            extravars={"hc_version": plan.version},
+            on_result=record,
+            cancel=self.watch.cancel if self.watch else None,
+            ident=f"{run.id}-u{index}",
+        )
+        self.ctx.emit("batch.finished", run.id, stage=stage.name, batch=index + 1, counts=runs.counts(run.id))
+
+    def _gate(
+        self,
+        run: RunRecord,
+        plan: Plan,
+        stage: StagePlan,
+        executor: Executor,
+        prober: Prober,
+        counters: _Counters,
+    ) -> bool:
+        """Bake: probe every host this run has updated so far. False when the run stopped (halt/cancel)."""
+        runs = self.store.runs
+        states = self._states(run.id)
+        watched = [h for h in plan.hosts if states[h].state in ("verifying", "done")]
+        if not watched:
+            return True
+        halt: list[str] = []
+        if prober.probes:
+            self.ctx.emit("bake.started", run.id, stage=stage.name, seconds=stage.bake, hosts=len(watched))
+
+            def failed(host: str, error: str) -> bool:
+                runs.set_host(run.id, host, state="failed", error=f"health gate: {error}")
+                self._count_failure(plan, host, counters)
+                self.ctx.emit("host.failed", run.id, host=host, error=error, stage=plan.stage_of(host).name)
+                reason = self._over_budget(plan, plan.stage_of(host), counters)
+                if reason:
+                    halt.append(reason)
+                return bool(reason)
+
+            outcome = bake(
+                prober,
+                watched,
+                duration=stage.bake,
+                config=self.ctx.config.health,
+                stop=self.watch.cancel if self.watch else threading.Event(),
+                on_failure=failed,
+                on_tick=lambda left, n: self.ctx.emit(
+                    "bake.tick", run.id, stage=stage.name, remaining=round(left, 1), failed=n
+                ),
+            )
+            for host, (last, worst) in outcome.latency.items():
+                runs.set_host(run.id, host, probe_ms=last, probe_max_ms=worst)
+            if halt:
+                self._halt(run, plan, executor, halt[0])
+                return False
+            if self._cancelled(run, plan, executor):
+                return False
+        states = self._states(run.id)
+        runs.set_hosts(run.id, [h for h in stage.hosts if states[h].state == "verifying"], "done")
+        self.ctx.emit("gate.passed", run.id, stage=stage.name, hosts=len(watched))
+        return True
+
+    # -- budgets, checkpoints, stops ----------------------------------------------------------------
+    def _count_failure(self, plan: Plan, host: str, counters: _Counters) -> None:
+        counters.run_failed += 1
+        name = plan.stage_of(host).name
+        counters.stage_failed[name] = counters.stage_failed.get(name, 0) + 1
+
+    @staticmethod
+    def _over_budget(plan: Plan, stage: StagePlan, counters: _Counters) -> str | None:
+        failed = counters.stage_failed.get(stage.name, 0)
+        if stage.max_failures is not None and failed > stage.max_failures:
+            return f"stage {stage.name}: {failed} failed host(s), budget {stage.max_failures}"
+        if counters.run_failed > plan.max_failures:
+            return f"run: {counters.run_failed} failed host(s), budget {plan.max_failures}"
+        return None
+
+    def _checkpoint(self, run_id: str, stage: StagePlan, index: int) -> str | None:
+        run = self._run(run_id)
+        if run.control == "pause":
+            return "paused by request"
+        for check in self.checkpoints:
+            reason = check(run, stage, index)
+            if reason:
+                return reason
+        return None
+
+    def _cancelled(self, run: RunRecord, plan: Plan, executor: Executor) -> bool:
+        watch = self.watch
+        if not watch or not watch.cancel.is_set():
+            return False
+        if watch.interrupted or watch.lost_lock:
+            return True
+        self._halt(run, plan, executor, "aborted by request", status="aborted")
+        return True
+
+    def _halt(
+        self, run: RunRecord, plan: Plan, executor: Executor, reason: str, status: str = "halted"
+    ) -> None:
+        self.store.runs.update(run.id, status=status, status_reason=reason, control=None)
+        self.ctx.emit("run.halted", run.id, reason=reason, on_failure=plan.on_failure)
+        if plan.kind == "rollout" and plan.on_failure == "rollback":
+            self._revert(run, plan, executor, reason)
+        elif status == "aborted":
+            self._finish(run.id, "aborted", reason)
+
+    # -- revert ------------------------------------------------------------------------------------
+    def _revert(self, run: RunRecord, plan: Plan, executor: Executor, reason: str) -> None:
+        """Every host the run touched goes back to its from-version, wide and without bakes."""
+        if self.watch:
+            self.watch.cancel.clear()
+        states = self._states(run.id)
+        touched = {h: s.from_version for h, s in states.items() if s.state in TOUCHED}
+        targets = {h: v for h, v in touched.items() if v}
+        unknown = sorted(h for h, v in touched.items() if not v)
+        self.store.runs.set_hosts(run.id, list(targets), "rolling_back")
+        versions = self.store.ledger.versions(plan.component)
+        revert = revert_plan(
+            self.ctx.fleet, self.ctx.config.rollback, versions, targets, component=plan.component
+        )
+        self.ctx.emit("rollback.started", run.id, hosts=len(revert.hosts), reason=reason)
+        done = set(targets) - set(revert.hosts)
+        for batch in (b for s in revert.stages for b in s.batches):
+            results = run_revert_batch(self.ctx, run, revert, batch, executor, self.watch)
+            done.update(h for h, r in results.items() if r.ok and r.version == targets[h])
+            if self.watch and self.watch.cancel.is_set():
+                return
+        self.store.runs.set_hosts(run.id, sorted(done), "rolled_back")
+        if plan.kind == "rollout" and plan.version:
+            self.store.quarantine.add(
+                plan.component, plan.version, reason=reason, run_id=run.id, by=run.operator
+            )
+        left = sorted(set(targets) - done) + unknown
+        status = "rolled_back" if not left else "failed"
+        note = reason if not left else f"{reason}; rollback incomplete on {len(left)} host(s), e.g. {left[0]}"
+        self._finish(run.id, status, note)
+
+    # -- resume support ------------------------------------------------------------------------------
+    def _reconcile(self, run: RunRecord, executor: Executor) -> None:
+        """Hosts left `updating` by a crash: ask them (facts.yml) what they run and place them again."""
+        states = self._states(run.id)
+        unsure = [h for h, s in states.items() if s.state == "updating"]
+        if not unsure:
+            return
+        plan = Plan.from_json(run.plan or {})
+        facts = executor.run("facts.yml", unsure, forks=50, ident=f"{run.id}-facts")
+        reports = {h: r.version for h, r in facts.results.items() if r.ok}
+        if reports:
+            self.store.ledger.record(
+                plan.component, reports, source="fleetctl", run_id=run.id, operator=run.operator
+            )
+        for host in unsure:
+            result = facts.results.get(host)
+            if result and result.ok and result.version == plan.targets.get(host):
+                self.store.runs.set_host(run.id, host, state="verifying")
+            elif result and result.ok:
+                self.store.runs.set_host(run.id, host, state="pending")
+        self.ctx.emit("run.resumed", run.id, rechecked=len(unsure))
+
+    def _interrupted(self, run_id: str) -> None:
+        run = self._run(run_id)
+        if run.status not in ("succeeded", "failed", "rolled_back", "aborted"):
+            self.store.runs.update(run_id, status="interrupted", status_reason="interrupted by the operator")
+        raise Interrupted(
+            f"run {run_id} interrupted; the journal says where it stopped",
+            f"continue with `fleetctl resume {run_id}`",
+        )
+
+    def _finish(self, run_id: str, status: str, reason: str | None = None) -> None:
+        self.store.runs.update(run_id, status=status, status_reason=reason, control=None)
+        self.ctx.emit("run.finished", run_id, status=status, reason=reason)
+
+    def _states(self, run_id: str) -> dict[str, RunHost]:
+        return {h.host: h for h in self.store.runs.hosts(run_id)}
+
+    def _run(self, run_id: str) -> RunRecord:
+        run = self.store.runs.get(run_id)
+        assert run is not None, run_id
+        return run
+
+
+def run_revert_batch(
+    ctx: FleetContext, run: RunRecord, plan: Plan, batch: list[str], executor: Executor, watch: Watch | None
+) -> dict[str, HostResult]:
+    """One batch of a revert: rollback.yml with each host's own target; journal and ledger per host."""
+    runs = ctx.store.runs
+
+    def record(result: HostResult) -> None:
+        if result.version is not None:
+            ctx.store.ledger.record(
+                plan.component,
+                {result.host: result.version},
+                source="fleetctl",
+                run_id=run.id,
+                operator=run.operator,
+            )
+        if result.status == "cancelled":
+            return
+        target = plan.targets[result.host]
+        if result.ok and result.version == target:
+            runs.set_host(run.id, result.host, state="rolled_back", error=None)
+        else:
+            runs.set_host(
+                run.id,
+                result.host,
+                state="failed",
+                error=f"rollback: {result.error or f'reports {result.version}, expected {target}'}",
+            )
+        ctx.emit("host.result", run.id, stage="rollback", kind="rollback", **result.to_json())
+
+    results = executor.run(
+        "rollback.yml",
+        batch,
+        forks=int(run.options.get("rollback_forks") or plan.forks),
+        extravars={"fleetctl_targets": {h: plan.targets[h] for h in batch}},
+        on_result=record,
+        cancel=watch.cancel if watch else None,
+        ident=f"{run.id}-rb",
+    )
+    return results.results

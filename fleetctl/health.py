@@ -1,0 +1,234 @@
+"""Health probes (http, tcp, playbook; ssh arrives with fleetctl.ssh) and the gate that bakes a batch.
+
+A probe round checks many hosts at once: HTTP and TCP probes run on one asyncio loop, so 1000 answering
+hosts take well under a second and hanging ones cost at most the probe timeout. A timeout, a refused
+connection or an unexpected answer is a failed probe; `failures_to_fail` consecutive failures fail a host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from fleetctl.config import HealthConfig, Probe
+from fleetctl.executor import Executor
+from fleetctl.inventory import Fleet
+
+MAX_CONCURRENT = 512
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    host: str
+    ok: bool
+    latency_ms: float | None
+    error: str | None = None
+
+
+class Prober:
+    """Runs every configured probe against a set of hosts; a host is healthy when all its probes pass."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        probes: Sequence[Probe],
+        executor: Executor | None = None,
+        ssh_runner: Callable[[list[str], str, float], dict[str, tuple[bool, float, str | None]]]
+        | None = None,
+    ):
+        self.fleet = fleet
+        self.probes = list(probes)
+        self.executor = executor
+        self.ssh_runner = ssh_runner
+        self._targets: dict[tuple[int, str], str] = {}
+
+    def _target(self, index: int, probe: Probe, host: str) -> str:
+        key = (index, host)
+        if key not in self._targets:
+            self._targets[key] = self.fleet[host].render(probe.target)
+        return self._targets[key]
+
+    def round(self, hosts: Sequence[str]) -> dict[str, ProbeResult]:
+        results = {h: ProbeResult(h, True, None) for h in hosts}
+        for index, probe in enumerate(self.probes):
+            if probe.kind in ("http", "tcp"):
+                batch = asyncio.run(self._network_round(index, probe, list(hosts)))
+            elif probe.kind == "playbook":
+                batch = self._playbook_round(probe, list(hosts))
+            else:
+                batch = self._ssh_round(probe, list(hosts))
+            for host, res in batch.items():
+                prev = results[host]
+                latency = max(filter(None, [prev.latency_ms, res.latency_ms]), default=None)
+                if prev.ok and not res.ok:
+                    results[host] = ProbeResult(host, False, latency, res.error)
+                else:
+                    results[host] = ProbeResult(host, prev.ok, latency, prev.error)
+        return results
+
+    async def _network_round(self, index: int, probe: Probe, hosts: list[str]) -> dict[str, ProbeResult]:
+        gate = asyncio.Semaphore(MAX_CONCURRENT)
+
+        async def one(host: str) -> ProbeResult:
+            async with gate:
+                target = self._target(index, probe, host)
+                started = time.monotonic()
+                try:
+                    if probe.kind == "http":
+                        await asyncio.wait_for(_http_check(target, probe), probe.timeout)
+                    else:
+                        await asyncio.wait_for(_tcp_check(target), probe.timeout)
+                except TimeoutError:
+                    return ProbeResult(
+                        host, False, None, f"{probe.kind} {target}: no answer within {probe.timeout:g}s"
+                    )
+                except (OSError, ProbeFailed, ValueError) as exc:
+                    return ProbeResult(host, False, _ms(started), f"{probe.kind} {target}: {_reason(exc)}")
+                return ProbeResult(host, True, _ms(started))
+
+        return {r.host: r for r in await asyncio.gather(*(one(h) for h in hosts))}
+
+    def _playbook_round(self, probe: Probe, hosts: list[str]) -> dict[str, ProbeResult]:
+        if self.executor is None:
+            raise RuntimeError("a playbook probe needs an executor")
+        started = time.monotonic()
+        run = self.executor.run(
+            probe.target or "health.yml",
+            hosts,
+            forks=50,
+            extravars={
+                "hc_probe_timeout": int(max(1, probe.timeout)),
+                "hc_probe_status": probe.expect_status,
+            },
+        )
+        elapsed = _ms(started)
+        return {
+            h: ProbeResult(h, r.ok, elapsed, None if r.ok else f"playbook probe: {r.error}")
+            for h, r in run.results.items()
+        }
+
+    def _ssh_round(self, probe: Probe, hosts: list[str]) -> dict[str, ProbeResult]:
+        if self.ssh_runner is None:
+            raise RuntimeError("an ssh probe needs fleetctl's SSH client")
+        out = self.ssh_runner(hosts, probe.target, probe.timeout)
+        return {
+            h: ProbeResult(h, ok, ms, None if ok else f"ssh `{probe.target}`: {err}")
+            for h, (ok, ms, err) in out.items()
+        }
+
+
+class ProbeFailed(Exception):
+    pass
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return str(exc) or type(exc).__name__
+
+
+async def _http_check(url: str, probe: Probe) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    context = ssl.create_default_context() if parts.scheme == "https" else None
+    reader, writer = await asyncio.open_connection(parts.hostname, port, ssl=context)
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        writer.write(
+            f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\nUser-Agent: fleetctl-probe\r\n\r\n".encode()
+        )
+        await writer.drain()
+        raw = await reader.read(65536)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    fields = status_line.split()
+    if len(fields) < 2 or not fields[1].isdigit():
+        raise ProbeFailed(
+            f"bad HTTP answer {status_line[:60]!r}" if raw else "connection closed without an answer"
+        )
+    if int(fields[1]) != probe.expect_status:
+        raise ProbeFailed(f"status {fields[1]}, expected {probe.expect_status}")
+    if probe.expect_body and not re.search(probe.expect_body, body.decode("utf-8", "replace")):
+        raise ProbeFailed(f"body does not match {probe.expect_body!r}")
+
+
+async def _tcp_check(target: str) -> None:
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"tcp probe target must be host:port, got {target!r}")
+    _reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    writer.close()
+
+
+@dataclass
+class GateOutcome:
+    failed: dict[str, str] = field(default_factory=dict)
+    latency: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # host -> (last, max)
+    rounds: int = 0
+    stopped: bool = False  # ended early: a stop request, or on_failure asked to stop
+
+
+def bake(
+    prober: Prober,
+    hosts: Sequence[str],
+    *,
+    duration: float,
+    config: HealthConfig,
+    stop: threading.Event,
+    on_failure: Callable[[str, str], bool] | None = None,
+    on_tick: Callable[[float, int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> GateOutcome:
+    """Probe `hosts` every interval for `duration` seconds (at least one round).
+
+    A host fails after `failures_to_fail` consecutive failed probes and is not probed again. When the
+    time is up, hosts in the middle of a failing streak are probed until they pass or fail, so a host
+    never passes on a failed last probe. `on_failure` returning True ends the bake early.
+    """
+    outcome = GateOutcome()
+    if not prober.probes or not hosts:
+        return outcome
+    streak = dict.fromkeys(hosts, 0)
+    started = clock()
+    while True:
+        active = [h for h in hosts if h not in outcome.failed]
+        if not active:
+            break
+        results = prober.round(active)
+        outcome.rounds += 1
+        for host in active:
+            res = results[host]
+            last, worst = outcome.latency.get(host, (None, None))
+            if res.latency_ms is not None:
+                worst = max(worst or 0.0, res.latency_ms)
+            outcome.latency[host] = (res.latency_ms, worst)
+            streak[host] = 0 if res.ok else streak[host] + 1
+            if streak[host] >= config.failures_to_fail:
+                outcome.failed[host] = res.error or "probe failed"
+                if on_failure and on_failure(host, outcome.failed[host]):
+                    outcome.stopped = True
+                    return outcome
+        remaining = duration - (clock() - started)
+        deciding = any(0 < streak[h] < config.failures_to_fail for h in active if h not in outcome.failed)
+        if on_tick:
+            on_tick(max(0.0, remaining), len(outcome.failed))
+        if remaining <= 0 and not deciding:
+            break
+        if stop.wait(config.interval if remaining <= 0 else min(config.interval, max(remaining, 0.05))):
+            outcome.stopped = True
+            break
+    return outcome

@@ -1,0 +1,137 @@
+"""Starting a rollout: validate, refuse what must be refused (quarantine, freeze), plan, lock, execute."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from fleetctl.context import FleetContext
+from fleetctl.engine import Checkpoint, Engine
+from fleetctl.errors import QuarantinedError, UsageError
+from fleetctl.plan import Plan, check_fresh, rollout_plan
+from fleetctl.store.runs import RunRecord
+from fleetctl.units import check_version
+
+# Extra refusals/checkpoints (freezes, windows) plug in here; see fleetctl.policy.
+StartCheck = Callable[[FleetContext, Plan, dict], None]
+
+
+def valid_version(version: str) -> str:
+    try:
+        return check_version(version)
+    except ValueError as exc:
+        raise UsageError(str(exc), "pass a release version such as 1.2.0") from None
+
+
+def make_plan(ctx: FleetContext, version: str, limit: str | None = None) -> Plan:
+    """The plan for `version`, from the current inventory, policy and ledger. Touches no node."""
+    valid_version(version)
+    versions = ctx.store.ledger.versions(ctx.component)
+    return rollout_plan(
+        ctx.fleet, ctx.config.rollout, versions, version, component=ctx.component, limit=limit
+    )
+
+
+def load_plan_file(path: Path) -> Plan:
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read plan {path}: {exc.strerror}", "check the path given to --plan"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"plan {path} is not JSON: {exc.msg} at line {exc.lineno}",
+            "write one with `fleetctl plan VERSION -o plan.json`",
+        ) from None
+    if not isinstance(doc, dict):
+        raise UsageError(
+            f"plan {path} is not a fleetctl plan", "write one with `fleetctl plan VERSION -o plan.json`"
+        )
+    return Plan.from_json(doc)
+
+
+def prepare(
+    ctx: FleetContext, version: str | None, *, limit: str | None = None, plan_file: Path | None = None
+) -> Plan:
+    """The plan a rollout will run: from --plan (refused when stale) or made now."""
+    if plan_file is not None:
+        saved = load_plan_file(plan_file)
+        if saved.kind != "rollout" or not saved.version:
+            raise UsageError(f"{plan_file} is not a rollout plan", "use a plan written by `fleetctl plan`")
+        if version and version != saved.version:
+            raise UsageError(
+                f"the plan is for {saved.version}, not {version}", "drop VERSION or make a new plan"
+            )
+        check_fresh(saved, make_plan(ctx, saved.version, saved.limit))
+        return saved
+    if not version:
+        raise UsageError("rollout needs a VERSION or --plan FILE", "e.g. `fleetctl rollout 1.2.0`")
+    return make_plan(ctx, version, limit)
+
+
+def refuse_quarantined(ctx: FleetContext, version: str) -> None:
+    entry = ctx.store.quarantine.get(ctx.component, version)
+    if entry:
+        raise QuarantinedError(
+            f"version {version} is quarantined since {entry.created_at:%Y-%m-%d %H:%M}Z (run {entry.run_id}): "
+            f"{entry.reason}",
+            f"if the fault is understood: fleetctl quarantine clear {version} --reason TEXT",
+        )
+
+
+def start(
+    ctx: FleetContext,
+    plan: Plan,
+    *,
+    reason: str | None = None,
+    options: dict | None = None,
+    checks: list[StartCheck] | None = None,
+    checkpoints: list[Checkpoint] | None = None,
+    engine_ready: Callable[[Engine], None] | None = None,
+) -> RunRecord | None:
+    """Refuse or start the run for `plan` and execute it to its end. None: nothing to do."""
+    options = dict(options or {})
+    assert plan.version
+    refuse_quarantined(ctx, plan.version)
+    for check in checks or []:
+        check(ctx, plan, options)
+    if not plan.hosts:
+        return None
+    store = ctx.store
+    token, _dead = store.locks.acquire(ctx.lock_name, run_id=None, owner=ctx.who)
+    try:
+        hosts = [
+            (h, s.name, i + 1, plan.from_versions.get(h), plan.targets[h])
+            for s in plan.stages
+            for i, b in enumerate(s.batches)
+            for h in b
+        ]
+        run = store.runs.create(
+            kind="rollout",
+            component=plan.component,
+            target=plan.version,
+            operator=ctx.who,
+            reason=reason,
+            plan=plan.to_json(),
+            fingerprint=plan.fingerprint,
+            options=options,
+            hosts=hosts,
+        )
+        store.locks.heartbeat(ctx.lock_name, token, run.id)
+        ctx.emit(
+            "run.started",
+            run.id,
+            kind="rollout",
+            version=plan.version,
+            hosts=len(plan.hosts),
+            stages=[s.name for s in plan.stages],
+            fingerprint=plan.fingerprint,
+        )
+        engine = Engine(ctx, checkpoints)
+        if engine_ready:
+            engine_ready(engine)
+        return engine.execute(run.id, token)
+    finally:
+        store.locks.release(ctx.lock_name, token)

@@ -1,0 +1,131 @@
+"""The journal: SQLAlchemy Core over SQLite (default, WAL, mode 0600) or PostgreSQL.
+
+Every state change of a run or a host is written in a transaction before the next step is taken, so a
+crash can be resumed and another terminal can watch. Use `Store.open(url)`; the repositories hang off it:
+`store.ledger`, `store.runs`, `store.locks`, `store.freezes`, `store.quarantine`, `store.audit`, `store.queue`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from fleetctl.errors import StoreError
+from fleetctl.store.migrations import migrate
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
+        from fleetctl.store.controls import Audit, Freezes, Quarantine
+        from fleetctl.store.ledger import Ledger
+        from fleetctl.store.locks import Locks
+        from fleetctl.store.queue import Queue
+        from fleetctl.store.runs import Runs
+
+        self.engine = engine
+        self.clock = clock
+        self.ledger = Ledger(self)
+        self.runs = Runs(self)
+        self.locks = Locks(self)
+        self.freezes = Freezes(self)
+        self.quarantine = Quarantine(self)
+        self.audit = Audit(self)
+        self.queue = Queue(self)
+
+    @classmethod
+    def open(cls, url: str, clock: Clock = utcnow) -> Store:
+        """Open (creating if needed) and migrate the journal at a SQLAlchemy URL."""
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise StoreError(
+                f"state database URL {url!r} is not valid",
+                "use a path or e.g. sqlite:///fleet.db or postgresql+psycopg://host/db",
+            ) from None
+        try:
+            if parsed.get_backend_name() == "sqlite":
+                engine = _sqlite_engine(parsed.database)
+            else:
+                engine = create_engine(url, pool_pre_ping=True)
+            with engine.begin() as conn:
+                migrate(conn)
+        except StoreError:
+            raise
+        except (NoSuchModuleError, ImportError) as exc:
+            raise StoreError(
+                f"no database driver for {parsed.drivername}: {exc}",
+                "pip install 'fleetctl[postgres]' for PostgreSQL",
+            ) from None
+        except (SQLAlchemyError, OSError, RuntimeError) as exc:
+            detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise StoreError(
+                f"cannot open state database {parsed.render_as_string(hide_password=True)}: {detail}",
+                "check --db / FLEETCTL_DB / `state:` in fleet.yml",
+            ) from None
+        return cls(engine, clock)
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    @contextmanager
+    def tx(self) -> Iterator[Connection]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite: writers queue instead of failing)."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise StoreError(
+                f"state database error: {str(exc.orig).splitlines()[0]}",
+                "retry; check the database is reachable",
+            ) from None
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(fleetctl_readonly=True) as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_engine(database: str | None) -> Engine:
+    if database and database != ":memory:":
+        path = Path(database)
+        if not path.parent.is_dir():
+            raise StoreError(
+                f"cannot open state database {path}: directory {path.parent} does not exist",
+                "create the directory or point --db / FLEETCTL_DB elsewhere",
+            )
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.chmod(path, 0o600)
+    engine = create_engine(f"sqlite:///{database}", connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):  # type: ignore[no-untyped-def]
+        readonly = conn.get_execution_options().get("fleetctl_readonly")
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return engine

@@ -1,0 +1,234 @@
+"""Manual freezes, quarantined versions and the audit log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import or_, select
+
+from fleetctl.store import schema
+
+if TYPE_CHECKING:
+    from fleetctl.store import Store
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+@dataclass(frozen=True)
+class Freeze:
+    id: int
+    scope: str
+    reason: str
+    created_by: str | None
+    created_at: datetime
+    until: datetime | None
+    lifted_at: datetime | None
+    lifted_by: str | None
+    lift_reason: str | None
+
+    def active_at(self, at: datetime) -> bool:
+        return self.created_at <= at and self.lifted_at is None and (self.until is None or at < self.until)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "scope": self.scope,
+            "reason": self.reason,
+            "by": self.created_by,
+            "at": _iso(self.created_at),
+            "until": _iso(self.until),
+            "lifted_at": _iso(self.lifted_at),
+            "lifted_by": self.lifted_by,
+            "lift_reason": self.lift_reason,
+        }
+
+
+class Freezes:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def add(self, *, scope: str, reason: str, by: str | None, until: datetime | None) -> Freeze:
+        now = self.store.now()
+        with self.store.tx() as conn:
+            fid = conn.execute(
+                schema.freezes.insert().values(
+                    scope=scope, reason=reason, created_by=by, created_at=now, until=until
+                )
+            ).inserted_primary_key[0]
+            self.store.audit.write(conn, "freeze.on", scope, reason, by, {"until": _iso(until), "id": fid})
+        return next(f for f in self.all() if f.id == fid)
+
+    def lift(self, *, by: str | None, reason: str | None, scope: str | None = None) -> list[Freeze]:
+        """Lift every active manual freeze (or those of one scope). Returns what was lifted."""
+        now = self.store.now()
+        lifted = [f for f in self.active(now) if scope is None or f.scope == scope]
+        t = schema.freezes
+        with self.store.tx() as conn:
+            for f in lifted:
+                conn.execute(
+                    t.update().where(t.c.id == f.id).values(lifted_at=now, lifted_by=by, lift_reason=reason)
+                )
+                self.store.audit.write(
+                    conn, "freeze.off", f.scope, reason, by, {"id": f.id, "frozen_for": f.reason}
+                )
+        return lifted
+
+    def all(self, limit: int = 100) -> list[Freeze]:
+        t = schema.freezes
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(t).order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
+            ).mappings()
+            return [Freeze(**r) for r in rows]
+
+    def active(self, at: datetime) -> list[Freeze]:
+        t = schema.freezes
+        q = select(t).where(
+            t.c.lifted_at.is_(None), t.c.created_at <= at, or_(t.c.until.is_(None), t.c.until > at)
+        )
+        with self.store.read() as conn:
+            return [Freeze(**r) for r in conn.execute(q.order_by(t.c.id)).mappings()]
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    id: int
+    component: str
+    version: str
+    reason: str
+    run_id: str | None
+    created_by: str | None
+    created_at: datetime
+    cleared_at: datetime | None
+    cleared_by: str | None
+    clear_reason: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "reason": self.reason,
+            "run": self.run_id,
+            "by": self.created_by,
+            "at": _iso(self.created_at),
+            "cleared_at": _iso(self.cleared_at),
+            "cleared_by": self.cleared_by,
+            "clear_reason": self.clear_reason,
+        }
+
+
+class Quarantine:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def add(self, component: str, version: str, *, reason: str, run_id: str | None, by: str | None) -> None:
+        if self.get(component, version):
+            return
+        with self.store.tx() as conn:
+            conn.execute(
+                schema.quarantine.insert().values(
+                    component=component,
+                    version=version,
+                    reason=reason,
+                    run_id=run_id,
+                    created_by=by,
+                    created_at=self.store.now(),
+                )
+            )
+            self.store.audit.write(conn, "quarantine.add", version, reason, by, {"run": run_id})
+
+    def get(self, component: str, version: str) -> QuarantineEntry | None:
+        t = schema.quarantine
+        q = select(t).where(t.c.component == component, t.c.version == version, t.c.cleared_at.is_(None))
+        with self.store.read() as conn:
+            row = conn.execute(q).mappings().first()
+        return QuarantineEntry(**row) if row else None
+
+    def list(self, component: str, include_cleared: bool = False) -> list[QuarantineEntry]:
+        t = schema.quarantine
+        q = select(t).where(t.c.component == component).order_by(t.c.created_at.desc())
+        if not include_cleared:
+            q = q.where(t.c.cleared_at.is_(None))
+        with self.store.read() as conn:
+            return [QuarantineEntry(**r) for r in conn.execute(q).mappings()]
+
+    def clear(self, component: str, version: str, *, reason: str, by: str | None) -> QuarantineEntry | None:
+        entry = self.get(component, version)
+        if entry is None:
+            return None
+        t = schema.quarantine
+        with self.store.tx() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.id == entry.id)
+                .values(cleared_at=self.store.now(), cleared_by=by, clear_reason=reason)
+            )
+            self.store.audit.write(conn, "quarantine.clear", version, reason, by, {"run": entry.run_id})
+        return entry
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str | None
+    action: str
+    subject: str | None
+    reason: str | None
+    details: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(),
+            "actor": self.actor,
+            "action": self.action,
+            "subject": self.subject,
+            "reason": self.reason,
+            "details": self.details or {},
+        }
+
+
+class Audit:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def write(
+        self,
+        conn: Any,
+        action: str,
+        subject: str | None,
+        reason: str | None,
+        actor: str | None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Append inside the caller's transaction, so the audit entry and the change land together."""
+        conn.execute(
+            schema.audit.insert().values(
+                at=self.store.now(),
+                actor=actor,
+                action=action,
+                subject=subject,
+                reason=reason,
+                details=details or {},
+            )
+        )
+
+    def record(
+        self,
+        action: str,
+        subject: str | None,
+        reason: str | None,
+        actor: str | None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        with self.store.tx() as conn:
+            self.write(conn, action, subject, reason, actor, details)
+
+    def entries(self, limit: int = 100) -> list[AuditEntry]:
+        t = schema.audit
+        with self.store.read() as conn:
+            rows = conn.execute(select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)).mappings()
+            return [AuditEntry(**r) for r in rows]

@@ -1,0 +1,54 @@
+"""Versioned schema migrations, applied in order when the journal is opened.
+
+Add a migration by appending a function to MIGRATIONS; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, select
+
+from fleetctl.store import schema
+
+V1_TABLES = [
+    schema.meta,
+    schema.ledger,
+    schema.history,
+    schema.runs,
+    schema.run_hosts,
+    schema.freezes,
+    schema.quarantine,
+    schema.locks,
+    schema.queue,
+    schema.audit,
+]
+
+
+def _v1(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=V1_TABLES)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+
+
+def current_version(conn: Connection) -> int:
+    if not conn.dialect.has_table(conn, "meta"):
+        return 0
+    row = conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")).first()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: Connection) -> int:
+    """Bring the schema to the newest version inside the caller's transaction; returns that version."""
+    version = current_version(conn)
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"the journal has schema version {version}, newer than this fleetctl knows ({len(MIGRATIONS)})"
+        )
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        step(conn)
+        table = schema.meta
+        conn.execute(table.delete().where(table.c.key == "schema_version"))
+        conn.execute(table.insert().values(key="schema_version", value=str(number)))
+    return len(MIGRATIONS)

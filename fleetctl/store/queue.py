@@ -1,0 +1,85 @@
+"""Scheduled rollouts waiting for a maintenance window (`fleetctl schedule`, run by `fleetctl tick`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from fleetctl.store import schema
+
+if TYPE_CHECKING:
+    from fleetctl.store import Store
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    id: int
+    component: str
+    version: str
+    pattern: str | None
+    not_before: datetime | None
+    created_by: str | None
+    created_at: datetime
+    status: str
+    run_id: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "version": self.version,
+            "pattern": self.pattern,
+            "not_before": self.not_before.isoformat() if self.not_before else None,
+            "by": self.created_by,
+            "at": self.created_at.isoformat(),
+            "status": self.status,
+            "run": self.run_id,
+        }
+
+
+class Queue:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def add(
+        self,
+        component: str,
+        version: str,
+        *,
+        pattern: str | None,
+        not_before: datetime | None,
+        by: str | None,
+    ) -> QueueItem:
+        with self.store.tx() as conn:
+            qid = conn.execute(
+                schema.queue.insert().values(
+                    component=component,
+                    version=version,
+                    pattern=pattern,
+                    not_before=not_before,
+                    created_by=by,
+                    created_at=self.store.now(),
+                    status="queued",
+                )
+            ).inserted_primary_key[0]
+            self.store.audit.write(conn, "schedule.add", version, None, by, {"id": qid, "pattern": pattern})
+        item = self.get(qid)
+        assert item is not None
+        return item
+
+    def get(self, qid: int) -> QueueItem | None:
+        with self.store.read() as conn:
+            row = conn.execute(select(schema.queue).where(schema.queue.c.id == qid)).mappings().first()
+        return QueueItem(**row) if row else None
+
+    def list(self, component: str, statuses: tuple[str, ...] = ("queued", "started")) -> list[QueueItem]:
+        t = schema.queue
+        q = select(t).where(t.c.component == component, t.c.status.in_(statuses)).order_by(t.c.id)
+        with self.store.read() as conn:
+            return [QueueItem(**r) for r in conn.execute(q).mappings()]
+
+    def set(self, qid: int, **values: Any) -> None:
+        with self.store.tx() as conn:
+            conn.execute(schema.queue.update().where(schema.queue.c.id == qid).values(**values))

@@ -1,0 +1,251 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+"""Ansible module: stage, activate or query a host-controller release (the fleetctl node contract).
+
+Releases live side by side in <root>/releases/<version>/; <root>/current is a relative symlink to the
+active one, switched atomically (symlink to a temporary name, then rename). Activation restarts the
+service through the configured service manager and waits until the controller answers with the new
+version. Runs on the managed node with the standard library only.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: hc_release
+short_description: Stage, activate or query a host-controller release
+options:
+  root: {description: hc_root of the node, type: path, required: true}
+  version: {description: release version (required for present/active), type: str}
+  state: {description: present (stage only), active (stage if needed, switch, restart, wait) or query,
+          type: str, choices: [present, active, query], default: active}
+  artifact_url: {description: release archive (file://, http(s):// or a path), type: str}
+  checksum: {description: "expected archive digest, 'sha256:<hex>'", type: str}
+  keep: {description: releases kept on disk (never the active one nor the target), type: int, default: 3}
+  service_manager: {description: how to restart, type: str, choices: [sim, systemd, none], default: systemd}
+  service_name: {description: systemd unit or sim node name, type: str, default: host-controller}
+  sim_socket: {description: control socket of the simulated fleet, type: path}
+  version_url: {description: URL answering the running version, polled after a restart, type: str}
+  wait_timeout: {description: seconds to wait for the controller after a restart, type: float, default: 30}
+"""
+
+import hashlib
+import os
+import shutil
+import socket
+import tarfile
+import tempfile
+import time
+
+try:
+    from urllib.request import urlopen
+except ImportError:  # pragma: no cover - Python 2 nodes are not supported
+    urlopen = None
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def current_version(root):
+    try:
+        target = os.readlink(os.path.join(root, "current"))
+    except OSError:
+        return None
+    return os.path.basename(target.rstrip("/"))
+
+
+def fetch(url, dest):
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    if "://" not in url:
+        shutil.copyfile(url, dest)
+        return
+    resp = urlopen(url, timeout=60)
+    with open(dest, "wb") as out:
+        shutil.copyfileobj(resp, out)
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stage(module, root, version):
+    """Ensure releases/<version>/ exists. Returns True when it had to be installed."""
+    releases = os.path.join(root, "releases")
+    target = os.path.join(releases, version)
+    if os.path.isdir(target):
+        return False
+    url = module.params["artifact_url"]
+    if not url:
+        module.fail_json(msg="release %s is not on the node and no artifact_url was given" % version)
+    if module.check_mode:
+        return True
+    if not os.path.isdir(releases):
+        os.makedirs(releases)
+    work = tempfile.mkdtemp(prefix=".stage-%s-" % version, dir=releases)
+    try:
+        archive = os.path.join(work, "release.tar.gz")
+        try:
+            fetch(url, archive)
+        except Exception as exc:  # noqa: BLE001 - reported to the operator as the host's error
+            module.fail_json(msg="cannot fetch %s: %s" % (url, exc))
+        expected = module.params["checksum"]
+        if expected:
+            algo, _, want = expected.partition(":")
+            got = sha256(archive)
+            if algo != "sha256" or got != want.lower():
+                module.fail_json(
+                    msg="checksum mismatch for %s: expected %s, got sha256:%s" % (url, expected, got)
+                )
+        tree = os.path.join(work, "tree")
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tree, filter="data")
+            else:  # pragma: no cover - old Python on the node
+                tar.extractall(tree)
+        os.rename(tree, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return True
+
+
+def prune(root, keep, protect):
+    """Keep the `keep` most recently activated releases; never remove a protected one."""
+    releases = os.path.join(root, "releases")
+    try:
+        names = [n for n in os.listdir(releases) if not n.startswith(".")]
+    except OSError:
+        return []
+
+    def activated(name):
+        path = os.path.join(releases, name)
+        marker = os.path.join(path, ".activated")
+        return os.path.getmtime(marker if os.path.exists(marker) else path)
+
+    names.sort(key=activated, reverse=True)
+    removed = []
+    for name in names[max(keep, 1) :]:
+        if name not in protect:
+            shutil.rmtree(os.path.join(releases, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
+def switch(root, version):
+    """Point `current` at releases/<version> atomically."""
+    tmp = os.path.join(root, ".current-%d" % os.getpid())
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(os.path.join("releases", version), tmp)
+    os.rename(tmp, os.path.join(root, "current"))
+    with open(os.path.join(root, "releases", version, ".activated"), "w") as fh:
+        fh.write("%f\n" % time.time())
+
+
+def restart(module):
+    manager = module.params["service_manager"]
+    name = module.params["service_name"]
+    if manager == "systemd":
+        rc, out, err = module.run_command(["systemctl", "restart", name])
+        if rc != 0:
+            module.fail_json(msg="systemctl restart %s failed: %s" % (name, (err or out).strip()))
+    elif manager == "sim":
+        path = module.params["sim_socket"]
+        try:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.settimeout(10)
+            conn.connect(path)
+            conn.sendall(("restart %s\n" % name).encode())
+            reply = conn.makefile().readline().strip()
+            conn.close()
+        except (OSError, socket.timeout) as exc:
+            module.fail_json(msg="sim service manager at %s: %s" % (path, exc))
+        if not reply.startswith("ok"):
+            module.fail_json(msg="sim service manager could not restart %s: %s" % (name, reply))
+
+
+def running_version(url, timeout):
+    try:
+        return urlopen(url, timeout=timeout).read().decode("utf-8", "replace").strip()
+    except Exception:  # noqa: BLE001 - any failure means "not answering yet"
+        return None
+
+
+def wait_for(module, version):
+    url = module.params["version_url"]
+    if not url:
+        return
+    deadline = time.time() + module.params["wait_timeout"]
+    last = None
+    while time.time() < deadline:
+        last = running_version(url, min(2.0, max(0.1, deadline - time.time())))
+        if last == version:
+            return
+        time.sleep(0.2)
+    module.fail_json(
+        msg="controller did not answer %s within %gs after restart (last answer: %s)"
+        % (version, module.params["wait_timeout"], last or "none"),
+    )
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            root=dict(type="path", required=True),
+            version=dict(type="str"),
+            state=dict(type="str", default="active", choices=["present", "active", "query"]),
+            artifact_url=dict(type="str"),
+            checksum=dict(type="str", default=""),
+            keep=dict(type="int", default=3),
+            service_manager=dict(type="str", default="systemd", choices=["sim", "systemd", "none"]),
+            service_name=dict(type="str", default="host-controller"),
+            sim_socket=dict(type="path"),
+            version_url=dict(type="str"),
+            wait_timeout=dict(type="float", default=30.0),
+        ),
+        required_if=[("state", "present", ["version"]), ("state", "active", ["version"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+    root, version, state = p["root"], p["version"], p["state"]
+    previous = current_version(root)
+    fail = module.fail_json
+
+    def fail_with_state(**kwargs):
+        # Every failure says what the node runs now and ran before, so fleetctl's ledger stays true.
+        kwargs.setdefault("hc_previous", previous)
+        kwargs.setdefault("hc_version", current_version(root))
+        fail(**kwargs)
+
+    module.fail_json = fail_with_state
+    if state == "query":
+        module.exit_json(changed=False, hc_version=previous, hc_previous=previous)
+    if version in ("", ".", "..") or "/" in version:
+        module.fail_json(msg="no valid version given (%r): pass hc_version or hc_rollback_version" % version)
+
+    changed = stage(module, root, version)
+    if state == "active":
+        up_to_date = previous == version and (
+            not p["version_url"] or running_version(p["version_url"], 2.0) == version
+        )
+        if not up_to_date:
+            changed = True
+            if not module.check_mode:
+                switch(root, version)
+                restart(module)
+                wait_for(module, version)
+    removed = [] if module.check_mode else prune(root, p["keep"], {version, previous, current_version(root)})
+    result = dict(changed=changed or bool(removed), hc_previous=previous, hc_pruned=removed)
+    if state == "active":
+        result["hc_version"] = current_version(root)  # the report fleetctl records: what `current` says
+    else:
+        result["hc_staged"] = version
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
