@@ -13,7 +13,7 @@ from fleetctl.errors import UsageError
 from fleetctl.plan import Plan
 from fleetctl.store.runs import ACTIVE, RunHost, RunRecord
 
-RESUMABLE = ("paused", "interrupted", "running", "halted")
+RESUMABLE = ("paused", "interrupted", "running", "halted", "aborted")
 
 
 @dataclass
@@ -79,6 +79,19 @@ def holder_alive(ctx: FleetContext, run: RunRecord) -> bool:
     return bool(lock and lock.run_id == run.id and not ctx.store.locks.is_dead(lock))
 
 
+def resumable(ctx: FleetContext, run: RunRecord) -> bool:
+    """Paused or interrupted; running with a dead holder (kill -9); or halted/aborted mid-rollback."""
+    if run.status in ("paused", "interrupted"):
+        return True
+    if run.status == "running":
+        return not holder_alive(ctx, run)
+    if run.status in ("halted", "aborted"):
+        return any(h.state == "rolling_back" for h in ctx.store.runs.hosts(run.id)) and not holder_alive(
+            ctx, run
+        )
+    return False
+
+
 def status(ctx: FleetContext, ref: str | None = None) -> RunStatus:
     run = find_run(ctx, ref)
     return RunStatus(run, ctx.store.runs.hosts(run.id), holder_alive(ctx, run), ctx.now())
@@ -111,8 +124,7 @@ def abort(ctx: FleetContext, ref: str | None = None, wait: float = 0.0) -> RunRe
         plan = Plan.from_json(run.plan or {})
         ctx.store.runs.update(run.id, status="aborted", status_reason=f"aborted by {ctx.who}")
         if plan.kind == "rollout" and plan.on_failure == "rollback":
-            executor = ctx.executor()
-            engine._revert(run, plan, executor, f"aborted by {ctx.who}")
+            engine.revert(run, plan, f"aborted by {ctx.who}", aborted=True)
         return ctx.store.runs.get(run.id) or run
     finally:
         ctx.store.locks.release(ctx.lock_name, token)
@@ -129,15 +141,11 @@ def resume(
     if ref:
         run = find_run(ctx, ref)
     else:
-        candidates = [
-            r
-            for r in ctx.store.runs.list(limit=20, statuses=RESUMABLE)
-            if r.status != "running" or not holder_alive(ctx, r)
-        ]
+        candidates = [r for r in ctx.store.runs.list(limit=20, statuses=RESUMABLE) if resumable(ctx, r)]
         if not candidates:
             raise UsageError("no paused or interrupted run to resume", "list runs with `fleetctl runs`")
         run = candidates[0]
-    if run.status not in RESUMABLE:
+    if not resumable(ctx, run):
         raise UsageError(f"run {run.id} is {run.status}; it cannot be resumed", "see `fleetctl runs`")
     token, dead = ctx.store.locks.acquire(ctx.lock_name, run_id=run.id, owner=ctx.who)
     try:

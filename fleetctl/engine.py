@@ -95,10 +95,11 @@ class Engine:
             self.watch = watch
             try:
                 self._reconcile(run, executor)
-                if run.status == "halted" or any(
+                if run.status in ("halted", "aborted") or any(
                     h.state == "rolling_back" for h in self.store.runs.hosts(run_id)
                 ):
-                    self._revert(run, plan, executor, run.status_reason or "halted")
+                    aborted = run.status == "aborted"
+                    self.revert(run, plan, run.status_reason or "halted", executor, aborted=aborted)
                 else:
                     self._forward(run, plan, executor)
             except KeyboardInterrupt:
@@ -309,13 +310,17 @@ class Engine:
         self.store.runs.update(run.id, status=status, status_reason=reason, control=None)
         self.ctx.emit("run.halted", run.id, reason=reason, on_failure=plan.on_failure)
         if plan.kind == "rollout" and plan.on_failure == "rollback":
-            self._revert(run, plan, executor, reason)
+            self.revert(run, plan, reason, executor, aborted=status == "aborted")
         elif status == "aborted":
             self._finish(run.id, "aborted", reason)
 
     # -- revert ------------------------------------------------------------------------------------
-    def _revert(self, run: RunRecord, plan: Plan, executor: Executor, reason: str) -> None:
-        """Every host the run touched goes back to its from-version, wide and without bakes."""
+    def revert(
+        self, run: RunRecord, plan: Plan, reason: str, executor: Executor | None = None, aborted: bool = False
+    ) -> None:
+        """Every host the run touched goes back to its from-version, wide and without bakes. A version
+        that failed is quarantined; one an operator aborted is not."""
+        executor = executor or self.ctx.executor()
         if self.watch:
             self.watch.cancel.clear()
         states = self._states(run.id)
@@ -335,12 +340,12 @@ class Engine:
             if self.watch and self.watch.cancel.is_set():
                 return
         self.store.runs.set_hosts(run.id, sorted(done), "rolled_back")
-        if plan.kind == "rollout" and plan.version:
+        if plan.kind == "rollout" and plan.version and not aborted:
             self.store.quarantine.add(
                 plan.component, plan.version, reason=reason, run_id=run.id, by=run.operator
             )
         left = sorted(set(targets) - done) + unknown
-        status = "rolled_back" if not left else "failed"
+        status = ("aborted" if aborted else "rolled_back") if not left else "failed"
         note = reason if not left else f"{reason}; rollback incomplete on {len(left)} host(s), e.g. {left[0]}"
         self._finish(run.id, status, note)
 
@@ -407,7 +412,7 @@ def run_revert_batch(
             return
         target = plan.targets[result.host]
         if result.ok and result.version == target:
-            runs.set_host(run.id, result.host, state="rolled_back", error=None)
+            runs.set_host(run.id, result.host, state="rolled_back")
         else:
             runs.set_host(
                 run.id,

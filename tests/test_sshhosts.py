@@ -263,7 +263,17 @@ def test_cut_link_makes_host_unreachable_and_restore_brings_it_back(hosts: SshHo
             hosts.cut_link(h)
         pytest.skip(f"link cuts need netns mode; ran in loopback mode: {hosts.fallback_reason}")
     other = hosts.hosts[1]
+    # an established session (a run in progress) must notice the cut through ssh_options()' keepalives
+    session = subprocess.Popen(
+        hosts.ssh_argv(h, "echo started; sleep 30"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert session.stdout is not None and session.stdout.readline() == "started\n"
     hosts.cut_link(h)
+    cut_at = time.monotonic()
     try:
         started = time.monotonic()
         cp = _ssh(hosts, h, "true", options=["-o", "ConnectTimeout=2"], timeout=10)
@@ -279,6 +289,14 @@ def test_cut_link_makes_host_unreachable_and_restore_brings_it_back(hosts: SshHo
                 _connect(client, hosts, h)
         finally:
             client.close()
+        try:
+            _, err = session.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            session.kill()
+            session.communicate()
+            pytest.fail("an established ssh session did not notice the cut link within 10 s")
+        assert session.returncode == 255, err
+        assert time.monotonic() - cut_at < 8
     finally:
         hosts.restore_link(h)
     cp = _ssh(hosts, h, "true", options=["-o", "ConnectTimeout=5"])
@@ -289,6 +307,13 @@ def test_rotated_host_key_is_refused(hosts: SshHosts, tmp_path: Path) -> None:
     h = hosts.hosts[2]
     old_pub, old_fp, old_pid = h.host_key_pub, h.host_key_fingerprint, h.sshd_pid
     known_before = hosts.known_hosts.read_text()
+    # a session open before the rotation is ended (as a reinstalled host would end it), so a multiplexed
+    # connection cannot keep using the old key
+    before = _paramiko_client(hosts)
+    _connect(before, hosts, h)
+    transport = before.get_transport()
+    assert transport is not None and transport.is_active()
+
     new_pub = hosts.rotate_host_key(h)
     assert new_pub == h.host_key_pub != old_pub
     assert h.host_key_fingerprint != old_fp and h.sshd_pid != old_pid
@@ -310,6 +335,12 @@ def test_rotated_host_key_is_refused(hosts: SshHosts, tmp_path: Path) -> None:
     fresh = tmp_path / "known_hosts"
     fresh.write_text(h.known_hosts_line + "\n")
     assert _ssh(hosts, h, "true", known_hosts=fresh).returncode == 0
+
+    deadline = time.monotonic() + 3
+    while transport.is_active() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not transport.is_active(), "a session from before the rotation survived"
+    before.close()
 
     hosts.trust_host_key(h)  # leave the fixture usable
     assert _ssh(hosts, h, "true").returncode == 0

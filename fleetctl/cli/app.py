@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fleetctl import __version__
-from fleetctl.cli import fleet_cmds, quarantine, run_cmds, sim
+from fleetctl.cli import fleet_cmds, freeze, quarantine, run_cmds, schedule, sim
 from fleetctl.cli.errors import FleetGroup
 from fleetctl.cli.output import CliState
 from fleetctl.context import FleetContext
@@ -67,6 +67,10 @@ fleet_cmds.register(app)
 run_cmds.register(app)
 app.add_typer(quarantine.app, name="quarantine")
 app.add_typer(sim.app, name="sim")
+app.add_typer(freeze.app, name="freeze")
+app.add_typer(schedule.app, name="schedule")
+app.command("tick")(schedule.tick)
+app.command("audit")(freeze.audit)
 
 
 def run() -> None:

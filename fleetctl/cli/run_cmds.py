@@ -83,11 +83,8 @@ def show_plan(st: CliState, p: Plan) -> None:
         for i, batch in enumerate(stage.batches, 1):
             shown = ", ".join(batch[:8]) + (f", ... (+{len(batch) - 8})" if len(batch) > 8 else "")
             st.out.print(f"    batch {i}: {shown}")
-    reasons: dict[str, int] = {}
-    for s in p.skipped:
-        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
-    for reason, n in reasons.items():
-        st.out.print(f"  skipped {n} host(s): {reason}")
+    if p.skipped:
+        st.out.print(f"  skipped: {skipped_summary(p)}")
 
 
 def rollout(
@@ -115,7 +112,7 @@ def rollout(
     if not p.hosts:
         if json_out:
             return print_json(summary(None, "rollout", "noop"))
-        st.err.print(f"nothing to do: every selected host already runs {p.version}")
+        st.err.print(f"nothing to do: {skipped_summary(p) or 'no host selected'}")
         return
     confirm(st, yes, lambda: show_plan(st, p), f"Roll {p.version} out to {len(p.hosts)} host(s)?")
     options = {"forks": forks} if forks else {}
@@ -123,6 +120,13 @@ def rollout(
         st.ctx.events = renderer
         run = rollouts.start(st.ctx, p, reason=reason, options=options, engine_ready=ready)
     finish(st, run, json_out)
+
+
+def skipped_summary(p: Plan) -> str:
+    reasons: dict[str, int] = {}
+    for s in p.skipped:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    return ", ".join(f"{n} host(s) {reason}" for reason, n in reasons.items())
 
 
 def confirm(st: CliState, yes: bool, show: Callable[[], None], question: str) -> None:

@@ -25,6 +25,20 @@ Everything lives under ``workdir``: the client key ``id_ed25519``, ``authorized_
 paramiko connection: run them with ``HOME=<hosts.home>``) and per host ``<name>/``: sshd_config, host key,
 ``sshd.log``, ``sshd.pid``.
 
+Notes for callers:
+
+- Only the network is per host: the filesystem, users, PIDs and the hostname are the machine's, so give
+  every host its own directories (and do not expect ``hostname`` to differ).
+- Inside a namespace only the gateway address of the root namespace is reachable (no forwarding): services
+  a host must reach (an artifact server) listen on ``0.0.0.0`` or the host's ``gateway``. DNS inside a
+  namespace is refused at once (``/etc/netns/<ns>/resolv.conf``); the test hosts resolve each other by name
+  through ``/etc/netns/<ns>/hosts``.
+- A cut link makes new connections fail at once ("No route to host"); an established connection gets no
+  RST and stalls until the client's own timeouts: :meth:`SshHosts.ssh_options` sets OpenSSH keepalives
+  (~4 s), paramiko callers must pass timeouts (``exec_command(timeout=...)``, ``channel.settimeout``).
+- Ansible's ``ssh`` connection multiplexes (ControlPersist): use :meth:`SshHosts.ansible_vars` (keepalives
+  included) and a per-run ``ANSIBLE_SSH_CONTROL_PATH_DIR``.
+
 A small registry (``/run/fleetctl-sshhosts`` as root) records what every run created, so a run killed with
 SIGKILL is cleaned up by the next :func:`create_ssh_hosts` (or :func:`cleanup_stale`).
 """
@@ -69,6 +83,9 @@ _GUARD_METRIC = 4_000_000_000  # the unreachable guard route loses to the connec
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _INSTALL_HINT = "install OpenSSH: apt-get install -y openssh-server openssh-client"
 _READY_TIMEOUT = 15.0
+# OpenSSH client keepalives in ssh_options(): an established connection to a cut host fails after ~4 s
+SERVER_ALIVE_INTERVAL = 1
+SERVER_ALIVE_COUNT = 3
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -435,6 +452,7 @@ class SshHosts:
         self._closed = False
         self._lock = threading.RLock()
         self._registry = _registry_dir() / f"{run_id}.json"
+        self._owner = os.getpid()
         atexit.register(self.close)
 
     # -- lookups and client arguments ------------------------------------------------------------
@@ -474,6 +492,11 @@ class SshHosts:
             "UpdateHostKeys=no",
             "-o",
             "BatchMode=yes",
+            # a cut link must surface within seconds, also on an established (multiplexed) connection
+            "-o",
+            f"ServerAliveInterval={SERVER_ALIVE_INTERVAL}",
+            "-o",
+            f"ServerAliveCountMax={SERVER_ALIVE_COUNT}",
         ]
 
     def ssh_common_args(self) -> str:
@@ -610,7 +633,7 @@ class SshHosts:
         """Kill every sshd and popen_on process (groups and descendants), delete namespaces and veths.
         Idempotent; tolerates a partial setup."""
         with self._lock:
-            if self._closed:
+            if self._closed or os.getpid() != self._owner:  # a forked child never tears down our hosts
                 return
             self._closed = True
             with contextlib.suppress(Exception):
@@ -691,6 +714,8 @@ class SshHosts:
             "  UpdateHostKeys no",
             "  BatchMode yes",
             "  ConnectTimeout 5",
+            f"  ServerAliveInterval {SERVER_ALIVE_INTERVAL}",
+            f"  ServerAliveCountMax {SERVER_ALIVE_COUNT}",
             "",
         ]
         self.ssh_config.write_text("\n".join(lines))

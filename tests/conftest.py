@@ -1,0 +1,161 @@
+"""Shared fixtures: real simulated fleets (real files, real HTTP controllers, real ansible-runner runs),
+real SQLite journals, and a CLI runner that fails loudly on an unexpected exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fleetctl.cli.app import app
+from fleetctl.sim import fleet as simfleet
+
+FLEETCTL = [sys.executable, "-m", "fleetctl"]
+
+
+def fast_policy(**overrides: Any) -> dict[str, Any]:
+    """A staged policy with short bakes, for tests (the sim's default bakes are minutes-long in spirit)."""
+    policy = {
+        "forks": 20,
+        "on_failure": "rollback",
+        "max_failures": 0,
+        "spread_by": "zone",
+        "max_unavailable": "50%",
+        "stages": [
+            {"name": "canary", "hosts": "canary", "batch": 1, "bake": "1s", "max_failures": 0},
+            {"name": "ring1", "hosts": "ring1", "batch": "100%", "bake": "1s"},
+            {"name": "rest", "hosts": "all", "batch": "50%", "bake": "0s"},
+        ],
+    }
+    policy.update(overrides)
+    return policy
+
+
+class Sim:
+    """A running simulated fleet in a temp dir, with helpers to read the ground truth on disk."""
+
+    def __init__(self, info: simfleet.SimInfo) -> None:
+        self.info = info
+        self.dir = info.dir
+        self.config = info.config
+        self.env = {"FLEETCTL_CONFIG": str(info.config), "FLEETCTL_OPERATOR": "tester"}
+
+    @property
+    def nodes(self) -> list[str]:
+        return [n.name for n in self.info.nodes]
+
+    def current(self) -> dict[str, str | None]:
+        """What each node's `current` symlink points at, read from disk."""
+        out: dict[str, str | None] = {}
+        for n in self.info.nodes:
+            link = n.root / "current"
+            out[n.name] = os.path.basename(os.readlink(link)) if link.is_symlink() else None
+        return out
+
+    def releases(self, node: str) -> set[str]:
+        return {
+            p.name for p in (self.dir / "nodes" / node / "releases").iterdir() if not p.name.startswith(".")
+        }
+
+    def write_config(self, **sections: Any) -> None:
+        """Rewrite fleet.yml with the given top-level sections replaced."""
+        doc = yaml.safe_load(self.config.read_text())
+        doc.update(sections)
+        self.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def set_current(self, node: str, version: str) -> None:
+        """Flip a node by hand, outside fleetctl (drift), and restart its controller."""
+        from fleetctl.sim import artifacts
+
+        root = self.dir / "nodes" / node
+        if version not in self.releases(node):
+            artifacts.install_release(root, self.dir / "artifacts" / f"host-controller-{version}.tar.gz")
+        artifacts.switch_release(root, version)
+        simfleet.restart_node(self.dir, node)
+
+
+@pytest.fixture
+def make_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Sim]]:
+    made: list[Path] = []
+
+    def make(nodes: int = 6, hang_after: float = 20.0, **policy: Any) -> Sim:
+        d = tmp_path_factory.mktemp("sim")
+        info = simfleet.create(d, nodes, hang_after)
+        made.append(d)
+        sim = Sim(info)
+        sim.write_config(
+            rollout=fast_policy(**policy),
+            health={
+                "interval": "1s",
+                "failures_to_fail": 2,
+                "probes": [{"http": "http://{{ ansible_host }}:{{ hc_port }}/health", "timeout": "1s"}],
+            },
+        )
+        return sim
+
+    yield make
+    for d in made:
+        simfleet.stop(d)
+
+
+@pytest.fixture
+def sim(make_sim: Callable[..., Sim]) -> Sim:
+    return make_sim()
+
+
+class Cli:
+    """typer's CliRunner over the real app; `ok` fails the test on an unexpected exit code."""
+
+    def __init__(self) -> None:
+        self.runner = CliRunner()
+
+    def __call__(
+        self,
+        args: list[str] | str,
+        env: dict[str, str] | None = None,
+        code: int | None = 0,
+        input: str | None = None,
+    ) -> Any:
+        argv = shlex.split(args) if isinstance(args, str) else args
+        result = self.runner.invoke(app, argv, env=env, input=input, catch_exceptions=False)
+        if code is not None and result.exit_code != code:
+            raise AssertionError(
+                f"fleetctl {' '.join(argv)} exited {result.exit_code}, expected {code}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def json(self, args: list[str] | str, env: dict[str, str] | None = None, code: int | None = 0) -> Any:
+        return json.loads(self(args, env=env, code=code).stdout)
+
+    def json_lines(
+        self, args: list[str] | str, env: dict[str, str] | None = None, code: int | None = 0
+    ) -> list[Any]:
+        out = self(args, env=env, code=code).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return Cli()
+
+
+def fleetctl_proc(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen[str]:
+    """The real entry point in a subprocess (for kill -9, concurrency and signal tests)."""
+    return subprocess.Popen(
+        FLEETCTL + args,
+        env={**os.environ, **env},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )

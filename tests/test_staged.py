@@ -1,0 +1,222 @@
+"""Issue 3: staged rollouts on the simulated fleet with real probes: stages, the hang caught at the canary,
+a canary that hangs later, quarantine, pause/resume/abort, kill -9 then resume, the fleet lock."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetctl import control
+from fleetctl.context import FleetContext
+from tests.conftest import Cli, Sim, fleetctl_proc
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_status(sim: Sim) -> dict[str, Any] | None:
+    try:
+        return control.status(FleetContext(config_path=sim.config)).to_json()
+    except Exception:  # noqa: BLE001 - no run yet
+        return None
+
+
+def host_states(doc: dict[str, Any] | None) -> dict[str, str]:
+    return {h["host"]: h["state"] for h in (doc or {}).get("hosts", [])}
+
+
+def test_healthy_version_goes_through_every_stage(sim: Sim, cli: Cli) -> None:
+    lines = cli.json_lines("rollout 1.1.0 --yes --json", env=sim.env)
+    summary = lines[-1]
+    assert summary["status"] == "succeeded" and sorted(summary["succeeded"]) == sim.nodes
+    assert set(sim.current().values()) == {"1.1.0"}
+    doc = cli.json("status --json", env=sim.env)
+    assert doc["run"]["kind"] == "rollout" and doc["run"]["status"] == "succeeded"
+    assert doc["run"]["counts"] == {"done": 6}
+    # stages ran in order: the canary's result came first, ring1's second
+    order = [line["host"] for line in lines[:-1]]
+    assert order[0] == "node-001" and order[1] == "node-002"
+    assert all(h["probe_ms"] is not None for h in doc["hosts"])
+
+
+def test_plan_json_is_deterministic_and_refuses_when_stale(sim: Sim, cli: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    first = cli.json(f"plan 1.1.0 -o {out} --json", env=sim.env)
+    assert first == cli.json("plan 1.1.0 --json", env=sim.env)
+    assert [s["name"] for s in first["stages"]] == ["canary", "ring1", "rest"]
+    assert sorted(h for s in first["stages"] for b in s["batches"] for h in b) == sim.nodes
+    assert {"version", "fingerprint", "stages", "skipped"} <= set(first)
+    sim.set_current("node-004", "1.2.0")
+    cli("versions --refresh", env=sim.env)
+    result = cli(f"rollout --plan {out} --yes", env=sim.env, code=2)
+    assert "stale plan" in result.stderr
+    assert sim.current()["node-001"] == "1.0.0"
+
+
+def test_hang_is_caught_at_the_canary_rolled_back_and_quarantined(
+    make_sim: Callable[..., Sim], cli: Cli
+) -> None:
+    sim = make_sim(
+        hang_after=3.0,
+        stages=[
+            {"name": "canary", "hosts": "canary", "batch": 1, "bake": "8s", "max_failures": 0},
+            {"name": "rest", "hosts": "all", "batch": "50%", "bake": "1s"},
+        ],
+    )
+    result = cli("rollout 2.0.0 --yes --json", env=sim.env, code=1)
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["status"] == "rolled_back" and "stage canary" in summary["reason"]
+    assert set(sim.current().values()) == {"1.0.0"}
+    assert "2.0.0" in sim.releases("node-001")  # the canary got it (and went back) ...
+    assert all("2.0.0" not in sim.releases(n) for n in sim.nodes[1:])  # ... no other node ever did
+    doc = cli.json("status --json", env=sim.env)
+    assert doc["run"]["stage"] == "canary"
+    assert host_states(doc)["node-001"] == "rolled_back"
+    assert "no answer" in next(h["error"] for h in doc["hosts"] if h["host"] == "node-001")
+    assert [q["version"] for q in cli.json("quarantine list --json", env=sim.env)["quarantine"]] == ["2.0.0"]
+    again = cli("rollout 2.0.0 --yes", env=sim.env, code=3)
+    assert "quarantined" in again.stderr
+    cli("quarantine clear 2.0.0 --reason 'fixed upstream'", env=sim.env)
+    assert cli.json("quarantine list --json", env=sim.env)["quarantine"] == []
+
+
+def test_canary_that_hangs_during_ring1_bake_stops_the_run(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(
+        hang_after=8.0,
+        stages=[
+            {"name": "canary", "hosts": "canary", "batch": 1, "bake": "1s", "max_failures": 0},
+            {"name": "ring1", "hosts": "ring1", "batch": "100%", "bake": "20s"},
+            {"name": "rest", "hosts": "all", "batch": "100%", "bake": "1s"},
+        ],
+    )
+    result = cli("rollout 2.0.0 --yes --json", env=sim.env, code=1)
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["status"] == "rolled_back"
+    doc = cli.json("status --json", env=sim.env)
+    assert doc["run"]["stage"] == "ring1"  # the run was in ring1 when the canary failed
+    canary = next(h for h in doc["hosts"] if h["host"] == "node-001")
+    assert "health gate" in (canary["error"] or "") or canary["state"] == "rolled_back"
+    assert set(sim.current().values()) == {"1.0.0"}
+    rest = [n for n in sim.nodes if n not in ("node-001", "node-002")]
+    assert all("2.0.0" not in sim.releases(n) for n in rest)
+
+
+def test_on_failure_halt_leaves_hosts_for_a_human(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(
+        hang_after=2.0,
+        on_failure="halt",
+        stages=[
+            {"name": "canary", "hosts": "canary", "batch": 1, "bake": "6s", "max_failures": 0},
+            {"name": "rest", "hosts": "all", "batch": "100%", "bake": "1s"},
+        ],
+    )
+    cli("rollout 2.0.0 --yes", env=sim.env, code=1)
+    assert cli.json("status --json", env=sim.env)["run"]["status"] == "halted"
+    assert sim.current()["node-001"] == "2.0.0"
+    assert cli.json("quarantine list --json", env=sim.env)["quarantine"] == []
+
+
+def test_pause_then_resume(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(
+        stages=[
+            {"name": "canary", "hosts": "canary", "batch": 1, "bake": "3s", "max_failures": 0},
+            {"name": "rest", "hosts": "all", "batch": "100%", "bake": "0s"},
+        ]
+    )
+    proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
+    wait_for(lambda: (run_status(sim) or {}).get("run", {}).get("status") == "running", what="run to start")
+    cli("pause", env=sim.env)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    doc = cli.json("status --json", env=sim.env)
+    assert doc["run"]["status"] == "paused" and doc["run"]["reason"] == "paused by request"
+    assert sim.current()["node-001"] == "1.1.0" and sim.current()["node-006"] == "1.0.0"
+    cli("resume --yes", env=sim.env)
+    assert set(sim.current().values()) == {"1.1.0"}
+    assert cli.json("status --json", env=sim.env)["run"]["status"] == "succeeded"
+
+
+def test_abort_cancels_and_applies_on_failure(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(
+        stages=[
+            {"name": "canary", "hosts": "canary", "batch": 1, "bake": "60s", "max_failures": 0},
+            {"name": "rest", "hosts": "all", "batch": "100%", "bake": "0s"},
+        ]
+    )
+    proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
+    wait_for(lambda: host_states(run_status(sim)).get("node-001") == "verifying", what="canary bake")
+    started = time.monotonic()
+    cli("abort", env=sim.env)
+    assert proc.wait(timeout=60) == 1
+    assert time.monotonic() - started < 50, "abort waited for the 60 s bake"
+    doc = cli.json("status --json", env=sim.env)
+    assert doc["run"]["status"] == "aborted"
+    assert set(sim.current().values()) == {"1.0.0"}  # on_failure: rollback reverted the canary
+    assert cli.json("quarantine list --json", env=sim.env)["quarantine"] == []  # an abort is no verdict
+
+
+def test_kill_9_then_resume_updates_every_host_once(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(
+        stages=[
+            {"name": "canary", "hosts": "canary", "batch": 1, "bake": "0s", "max_failures": 0},
+            {"name": "rest", "hosts": "all", "batch": 2, "bake": "0s"},
+        ],
+        max_unavailable=None,
+    )
+    proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
+
+    def mid_rest_batch() -> bool:
+        states = host_states(run_status(sim))
+        return states.get("node-001") == "done" and "updating" in states.values()
+
+    wait_for(mid_rest_batch, what="a rest batch in flight")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    doc = cli.json("status --json", env=sim.env)
+    assert doc["run"]["status"] == "interrupted"  # running, but its holder is dead
+    time.sleep(3)  # let the orphaned ansible-playbook of the killed process finish or die
+    cli("resume --yes", env=sim.env)
+    assert set(sim.current().values()) == {"1.1.0"}
+    changes = cli.json("history --json", env=sim.env)["changes"]
+    to_new = [c["host"] for c in changes if c["to"] == "1.1.0"]
+    assert sorted(to_new) == sim.nodes, "every host changed to 1.1.0 exactly once"
+    assert cli.json("status --json", env=sim.env)["run"]["status"] == "succeeded"
+
+
+def test_second_rollout_exits_4_naming_the_holder(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(
+        stages=[{"name": "canary", "hosts": "canary", "batch": 1, "bake": "30s", "max_failures": 0}]
+    )
+    proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
+    wait_for(lambda: host_states(run_status(sim)).get("node-001") == "verifying", what="first run to bake")
+    result = cli("rollout 1.2.0 -l canary --yes", env=sim.env, code=4)
+    assert "another run holds the fleet lock" in result.stderr
+    assert f"pid {proc.pid}" in result.stderr and "by tester" in result.stderr
+    proc.send_signal(signal.SIGTERM)  # SIGTERM is an interrupt: the run stops cleanly, resumable
+    assert proc.wait(timeout=60) == 130
+    assert cli.json("status --json", env=sim.env)["run"]["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("status", ["succeeded"])
+def test_status_watch_follows_a_run_to_its_end(make_sim: Callable[..., Sim], cli: Cli, status: str) -> None:
+    sim = make_sim(
+        stages=[{"name": "canary", "hosts": "canary", "batch": 1, "bake": "2s", "max_failures": 0}]
+    )
+    proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
+    wait_for(lambda: run_status(sim), what="run to exist")
+    lines = cli.json_lines("status --watch --json", env=sim.env)
+    assert proc.wait(timeout=60) == 0
+    assert lines[-1]["run"]["status"] == status
+    assert len(lines) >= 2  # it showed progress, not only the end
