@@ -381,6 +381,9 @@ class Engine:
         )
 
     def _finish(self, run_id: str, status: str, reason: str | None = None) -> None:
+        if status != "succeeded":  # hosts the run never reached will not be reached by it
+            pending = [h for h, s in self._states(run_id).items() if s.state == "pending"]
+            self.store.runs.set_hosts(run_id, pending, "skipped")
         self.store.runs.update(run_id, status=status, status_reason=reason, control=None)
         self.ctx.emit("run.finished", run_id, status=status, reason=reason)
 

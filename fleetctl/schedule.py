@@ -134,7 +134,7 @@ def unattended_checkpoints(ctx: FleetContext) -> list[Checkpoint]:
 
 
 # -- tick ---------------------------------------------------------------------------------------------
-def _closed_message(ctx: FleetContext, state: windows.MaintenanceState) -> str:
+def _closed_message(state: windows.MaintenanceState) -> str:
     upcoming = f"next opens {fmt(state.next_open)}" if state.next_open else "no window opens again"
     if state.window:
         return f"nothing to do: window {state.window} is past its cutoff; {upcoming}"
@@ -142,7 +142,14 @@ def _closed_message(ctx: FleetContext, state: windows.MaintenanceState) -> str:
 
 
 def _waiting(ctx: FleetContext) -> tuple[RunRecord | None, RunRecord | None]:
-    """(an unattended run tick may continue, a run that waits for an operator), newest first."""
+    """(the unattended run tick may continue, a run that waits for an operator); at most one is set.
+
+    Any unfinished run blocks new starts: a rollout paused by hand, at an operator stage, or left
+    half rolled back must be settled by an operator before tick starts another one.
+    """
+    for run in ctx.store.runs.list(limit=5, statuses=("halted", "aborted")):
+        if any(h.state == "rolling_back" for h in ctx.store.runs.hosts(run.id)):
+            return None, run
     for run in ctx.store.runs.list(limit=20, statuses=("running", "paused", "interrupted")):
         if run.status == "running" and control.holder_alive(ctx, run):
             return None, run
@@ -173,7 +180,7 @@ def tick(ctx: FleetContext, engine_ready: Callable[[Engine], None] | None = None
     now = ctx.now()
     state = windows_state(ctx, now)
     if not state.open:
-        return TickOutcome("nothing", _closed_message(ctx, state))
+        return TickOutcome("nothing", _closed_message(state))
     lock = ctx.store.locks.holder(ctx.lock_name)
     if lock and not ctx.store.locks.is_dead(lock):
         return TickOutcome("nothing", f"nothing to do: the fleet lock is held by {lock.describe()}")

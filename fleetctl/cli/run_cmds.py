@@ -174,6 +174,7 @@ def summary(run: RunRecord | None, kind: str, status: str, hosts: list[Any] | No
         "status": status,
         "succeeded": [h.host for h in hosts if h.state in ok_states],
         "failed": [{"host": h.host, "error": h.error} for h in hosts if h.state == "failed"],
+        "rolled_back": [h.host for h in hosts if h.state == "rolled_back"] if kind == "rollout" else [],
         "reason": run.status_reason if run else None,
     }
 
@@ -197,7 +198,8 @@ def finish(st: CliState, run: RunRecord | None, json_out: bool) -> None:
         print_json(doc)
     else:
         st.err.print(f"run {run.id} {run.status}" + (f": {run.status_reason}" if run.status_reason else ""))
-        st.err.print(f"  {len(doc['succeeded'])} host(s) ok, {len(doc['failed'])} failed")
+        rolled = f", {len(doc['rolled_back'])} rolled back" if doc["rolled_back"] else ""
+        st.err.print(f"  {len(doc['succeeded'])} host(s) ok, {len(doc['failed'])} failed{rolled}")
         for f in doc["failed"][:20]:
             st.err.print(f"  ✗ {f['host']}: {f['error']}")
         if run.status == "paused":
