@@ -48,10 +48,12 @@ def census(rows: list[HostRow]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def refresh(ctx: FleetContext, pattern: str | None = None, forks: int | None = None) -> RefreshReport:
+def refresh(
+    ctx: FleetContext, pattern: str | None = None, forks: int | None = None, hosts: list[str] | None = None
+) -> RefreshReport:
     """Ask the nodes (facts.yml) what they run and record it. A version fleetctl did not put there is
     recorded with source `observed`."""
-    names = ctx.fleet.select(pattern)
+    names = hosts if hosts is not None else ctx.fleet.select(pattern)
     ctx.emit("refresh.started", None, hosts=len(names))
     run = ctx.executor().run("facts.yml", names, forks=forks or ctx.config.rollback.forks, ident="facts")
     reports = {h: r.version for h, r in run.results.items() if r.ok}

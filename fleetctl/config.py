@@ -170,6 +170,10 @@ def load_config(path: Path) -> FleetConfig:
     data = dict(raw, path=path, inventory=[_resolve(base, p) for p in inv])
     if data.get("playbooks"):
         data["playbooks"] = _resolve(base, data["playbooks"])
+    if isinstance(data.get("ssh"), dict):
+        data["ssh"] = {
+            k: (_resolve(base, v) if k in ("known_hosts", "key") and v else v) for k, v in data["ssh"].items()
+        }
     try:
         return FleetConfig.model_validate(data)
     except ValidationError as exc:

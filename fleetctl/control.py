@@ -160,6 +160,10 @@ def resume(
             resumed=True,
             hosts=len(ctx.store.runs.hosts(run.id)),
         )
+        if checkpoints is None:  # an operator's resume honours freezes, not windows or operator stages
+            from fleetctl import policy
+
+            checkpoints = [policy.freeze_checkpoint(ctx)]
         engine = Engine(ctx, checkpoints)
         if engine_ready:
             engine_ready(engine)

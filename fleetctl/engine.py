@@ -38,7 +38,7 @@ class Watch:
     def __init__(self, ctx: FleetContext, run_id: str, token: str) -> None:
         self.ctx, self.run_id, self.token = ctx, run_id, token
         self.cancel = threading.Event()
-        self.aborted_by: str | None = None
+        self.preempted = False  # a rollback took over: stop without applying on_failure
         self.interrupted = False
         self.lost_lock = False
         self._stop = threading.Event()
@@ -62,8 +62,8 @@ class Watch:
         while not self._stop.wait(CONTROL_POLL):
             beat += CONTROL_POLL
             run = store.runs.get(self.run_id)
-            if run and run.control == "abort" and not self.cancel.is_set():
-                self.aborted_by = "abort requested"
+            if run and run.control in ("abort", "preempt") and not self.cancel.is_set():
+                self.preempted = run.control == "preempt"
                 self.cancel.set()
             if beat >= HEARTBEAT_EVERY:
                 beat = 0.0
@@ -95,7 +95,9 @@ class Engine:
             self.watch = watch
             try:
                 self._reconcile(run, executor)
-                if run.status in ("halted", "aborted") or any(
+                if plan.kind == "rollback":
+                    self._forward(run, plan, executor)
+                elif run.status in ("halted", "aborted") or any(
                     h.state == "rolling_back" for h in self.store.runs.hosts(run_id)
                 ):
                     aborted = run.status == "aborted"
@@ -157,17 +159,47 @@ class Engine:
                             batches=len(stage.batches),
                             bake=stage.bake,
                         )
-                    self._update_batch(
-                        run, plan, stage, index, todo, executor, forks, counters, bool(prober.probes)
-                    )
+                    if plan.kind == "rollback":
+                        self.store.runs.set_hosts(run.id, todo, "rolling_back")
+                        run_revert_batch(self.ctx, run, plan, todo, executor, self.watch, forks)
+                    else:
+                        self._update_batch(
+                            run, plan, stage, index, todo, executor, forks, counters, bool(prober.probes)
+                        )
                     if self._cancelled(run, plan, executor):
                         return
                     reason = self._over_budget(plan, stage, counters)
                     if reason:
                         return self._halt(run, plan, executor, reason)
-                if not self._gate(run, plan, stage, executor, prober, counters):
+                if plan.kind == "rollout" and not self._gate(run, plan, stage, executor, prober, counters):
                     return
+        if plan.kind == "rollback":
+            return self._verify_rollback(run, prober)
         self._finish(run.id, "succeeded")
+
+    def _verify_rollback(self, run: RunRecord, prober: Prober) -> None:
+        """A rollback checks health once, at the end, over every host it rolled back."""
+        rolled = [h for h, s in self._states(run.id).items() if s.state == "rolled_back"]
+        if prober.probes and rolled:
+            self.ctx.emit("bake.started", run.id, stage="rollback", seconds=0, hosts=len(rolled))
+            stop = self.watch.cancel if self.watch else threading.Event()
+            outcome = bake(prober, rolled, duration=0, config=self.ctx.config.health, stop=stop)
+            for host, error in outcome.failed.items():
+                self.store.runs.set_host(
+                    run.id, host, state="failed", error=f"health after rollback: {error}"
+                )
+                self.ctx.emit("host.failed", run.id, host=host, error=error, stage="rollback")
+            for host, (last, worst) in outcome.latency.items():
+                self.store.runs.set_host(run.id, host, probe_ms=last, probe_max_ms=worst)
+            if outcome.stopped and self.watch and self.watch.interrupted:
+                return
+        failed = sum(1 for s in self._states(run.id).values() if s.state == "failed")
+        if failed:
+            self._finish(
+                run.id, "failed", f"{failed} host(s) failed; retry: fleetctl rollback --retry-failed"
+            )
+        else:
+            self._finish(run.id, "succeeded")
 
     def _update_batch(
         self,
@@ -301,6 +333,9 @@ class Engine:
             return False
         if watch.interrupted or watch.lost_lock:
             return True
+        if watch.preempted:
+            self._finish(run.id, "aborted", "preempted by a rollback")
+            return True
         self._halt(run, plan, executor, "aborted by request", status="aborted")
         return True
 
@@ -353,10 +388,11 @@ class Engine:
     def _reconcile(self, run: RunRecord, executor: Executor) -> None:
         """Hosts left `updating` by a crash: ask them (facts.yml) what they run and place them again."""
         states = self._states(run.id)
-        unsure = [h for h, s in states.items() if s.state == "updating"]
+        plan = Plan.from_json(run.plan or {})
+        in_flight = ("updating", "rolling_back") if plan.kind == "rollback" else ("updating",)
+        unsure = [h for h, s in states.items() if s.state in in_flight]
         if not unsure:
             return
-        plan = Plan.from_json(run.plan or {})
         facts = executor.run("facts.yml", unsure, forks=50, ident=f"{run.id}-facts")
         reports = {h: r.version for h, r in facts.results.items() if r.ok}
         if reports:
@@ -366,7 +402,9 @@ class Engine:
         for host in unsure:
             result = facts.results.get(host)
             if result and result.ok and result.version == plan.targets.get(host):
-                self.store.runs.set_host(run.id, host, state="verifying")
+                self.store.runs.set_host(
+                    run.id, host, state="rolled_back" if plan.kind == "rollback" else "verifying"
+                )
             elif result and result.ok:
                 self.store.runs.set_host(run.id, host, state="pending")
         self.ctx.emit("run.resumed", run.id, rechecked=len(unsure))
@@ -397,7 +435,13 @@ class Engine:
 
 
 def run_revert_batch(
-    ctx: FleetContext, run: RunRecord, plan: Plan, batch: list[str], executor: Executor, watch: Watch | None
+    ctx: FleetContext,
+    run: RunRecord,
+    plan: Plan,
+    batch: list[str],
+    executor: Executor,
+    watch: Watch | None,
+    forks: int | None = None,
 ) -> dict[str, HostResult]:
     """One batch of a revert: rollback.yml with each host's own target; journal and ledger per host."""
     runs = ctx.store.runs
@@ -428,7 +472,7 @@ def run_revert_batch(
     results = executor.run(
         "rollback.yml",
         batch,
-        forks=int(run.options.get("rollback_forks") or plan.forks),
+        forks=forks or plan.forks,
         extravars={"fleetctl_targets": {h: plan.targets[h] for h in batch}},
         on_result=record,
         cancel=watch.cancel if watch else None,

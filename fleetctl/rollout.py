@@ -91,11 +91,19 @@ def start(
     checkpoints: list[Checkpoint] | None = None,
     engine_ready: Callable[[Engine], None] | None = None,
 ) -> RunRecord | None:
-    """Refuse or start the run for `plan` and execute it to its end. None: nothing to do."""
+    """Refuse or start the run for `plan` and execute it to its end. None: nothing to do.
+
+    `checks` refuse before anything happens; `checkpoints` may pause before each batch. Both default to
+    the freeze rules (fleetctl.policy)."""
+    from fleetctl import policy
+
     options = dict(options or {})
     assert plan.version
     refuse_quarantined(ctx, plan.version)
-    for check in checks or []:
+    # Freezes are honoured unless a caller passes its own lists (tick does, with more checks).
+    checks = [policy.refuse_if_frozen] if checks is None else checks
+    checkpoints = [policy.freeze_checkpoint(ctx)] if checkpoints is None else checkpoints
+    for check in checks:
         check(ctx, plan, options)
     if not plan.hosts:
         return None

@@ -225,7 +225,6 @@ def test_relative_ssh_paths_resolve_against_config_dir(
         ("postgresql+psycopg://u@db/fleet", None, "postgresql+psycopg://u@db/fleet"),
         ("journal.db", "sqlite:////override.db", "sqlite:////override.db"),
         (None, "postgresql://u@h/db", "postgresql://u@h/db"),
-        ("postgresql://u@h/db", "other.db", "sqlite:///{dir}/other.db"),
     ],
 )
 def test_state_url(

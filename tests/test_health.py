@@ -50,14 +50,14 @@ class Controller(ThreadingHTTPServer):
             self.agents.append(agent)
             return self.script.pop(0) if len(self.script) > 1 else self.script[0]
 
-    def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - a hung-up client is expected
+    def handle_error(self, request, client_address) -> None:
         pass
 
 
 class Handler(BaseHTTPRequestHandler):
     server: Controller
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def _answer(self, status: int, body: bytes) -> None:
@@ -65,7 +65,7 @@ class Handler(BaseHTTPRequestHandler):
         head = f"HTTP/1.0 {status} X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         self.wfile.write(head.encode() + body)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         step = self.server.next_step(self.path, self.headers.get("User-Agent", ""))
         if step == "ok":
             self._answer(200, b"status: ok\n")
@@ -186,6 +186,18 @@ def test_http_probe_refused(tmp_path: Path) -> None:
     result = Prober(make_fleet(tmp_path, {"web1": port}), [http()]).round(["web1"])["web1"]
     assert not result.ok
     assert result.error == f"http http://127.0.0.1:{port}/health: connection refused"
+
+
+def test_controller_that_never_accepts(tmp_path: Path) -> None:
+    """The night this tool exists for: the API blocks (IPC backlog). The kernel completes the TCP handshake for
+    a listening socket nobody accepts from, so only the answer's timeout can tell."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        result = Prober(make_fleet(tmp_path, {"web1": port}), [http()]).round(["web1"])["web1"]
+    assert not result.ok
+    assert result.error == f"http http://127.0.0.1:{port}/health: no answer within {TIMEOUT:g}s"
 
 
 def test_hang_has_no_latency(tmp_path: Path, controllers) -> None:

@@ -233,6 +233,14 @@ def test_failing_inventory_script(tmp_path: Path) -> None:
     assert str(script) in err.message
 
 
+def test_failing_inventory_script_reports_the_script_failure(tmp_path: Path) -> None:
+    """An executable source is a script: its failure (exit code) is the reason, not the INI plugin's attempt
+    to read the script's text ("Expected key=value host variable assignment, got: ...")."""
+    script = write(tmp_path / "inv.sh", "#!/bin/sh\necho 'boom: no cmdb' >&2\nexit 3\n", mode=0o755)
+    err = inventory_error([script])
+    assert "exit code 3" in err.message, err.message
+
+
 @pytest.mark.parametrize(
     "text", ["all: {}\n", "all:\n  children:\n    empty: {}\n", "[web]\n", "# nothing\n"]
 )

@@ -126,9 +126,18 @@ def test_relative_sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert stat.S_IMODE((tmp_path / "rel.db").stat().st_mode) == 0o600
 
 
-def test_in_memory_store_works() -> None:
-    s = Store.open("sqlite://")
-    assert s.ledger.record(HC, {"h": "1"}, source="observed", run_id=None, operator=None)[0].to_version == "1"
+@pytest.mark.parametrize("memory_url", ["sqlite://", "sqlite:///:memory:"])
+def test_in_memory_store_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory_url: str
+) -> None:
+    """`sqlite://` is SQLAlchemy's in-memory database: it must not become a file called 'None' in the cwd."""
+    monkeypatch.chdir(tmp_path)
+    s = Store.open(memory_url)
+    changes = s.ledger.record(HC, {"h": "1"}, source="observed", run_id=None, operator=None)
+    assert [c.to_version for c in changes] == ["1"]
+    assert s.ledger.versions(HC) == {"h": "1"}
+    s.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_newer_schema_is_refused(url: str, db: Path) -> None:

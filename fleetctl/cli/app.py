@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fleetctl import __version__
-from fleetctl.cli import demo, fleet_cmds, freeze, quarantine, run_cmds, schedule, sim
+from fleetctl.cli import demo, fleet_cmds, freeze, quarantine, rollback, run_cmds, schedule, sim
 from fleetctl.cli.errors import FleetGroup
 from fleetctl.cli.output import CliState
 from fleetctl.context import FleetContext
@@ -65,6 +65,7 @@ def root(
 
 fleet_cmds.register(app)
 run_cmds.register(app)
+app.command("rollback")(rollback.rollback)
 app.command("demo")(demo.demo)
 app.add_typer(quarantine.app, name="quarantine")
 app.add_typer(sim.app, name="sim")

@@ -56,8 +56,12 @@ class Demo:
 
 def demo(
     nodes: Annotated[int, typer.Option("--nodes", "-n", min=3, max=200, help="Simulated nodes.")] = 10,
-    keep: Annotated[bool, typer.Option("--keep", help="Leave the simulated fleet running afterwards.")] = False,
-    keep_going: Annotated[bool, typer.Option("--keep-going", help="Go on after a step that went wrong.")] = False,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the simulated fleet running afterwards.")
+    ] = False,
+    keep_going: Annotated[
+        bool, typer.Option("--keep-going", help="Go on after a step that went wrong.")
+    ] = False,
 ) -> None:
     """Try fleetctl end to end on a simulated fleet in a temp dir (about three minutes), then tear it down."""
     workdir = Path(tempfile.mkdtemp(prefix="fleetctl-demo-"))
@@ -69,19 +73,25 @@ def demo(
     info.config.write_text(yaml.safe_dump(doc, sort_keys=False))
     d = Demo(info.config, keep_going)
     try:
-        d.say(f"A simulated fleet of {nodes} nodes in {info.dir}: real node dirs, one real HTTP controller each")
+        d.say(
+            f"A simulated fleet of {nodes} nodes in {info.dir}: real node dirs, one real HTTP controller each"
+        )
         d.run("hosts")
         d.say("What do the nodes run? Ask them, and record it in the ledger")
         d.run("versions --refresh")
         d.say("Update only the canary to 1.1.0 (-l takes any Ansible host pattern)")
         d.run("rollout 1.1.0 -l canary --yes")
         d.run("history -n 3")
-        d.say("A staged rollout of 1.2.0: plan first (touches nothing), then canary -> ring1 -> rest with bakes")
+        d.say(
+            "A staged rollout of 1.2.0: plan first (touches nothing), then canary -> ring1 -> rest with bakes"
+        )
         d.run("plan 1.2.0")
         d.run("rollout 1.2.0 --yes")
         d.run("versions")
-        d.say(f"2.0.0 is the faulty build: its controller's API blocks {hang:g}s after start."
-              " The canary's bake catches it, the run halts, rolls back and quarantines 2.0.0")
+        d.say(
+            f"2.0.0 is the faulty build: its controller's API blocks {hang:g}s after start."
+            " The canary's bake catches it, the run halts, rolls back and quarantines 2.0.0"
+        )
         d.run("rollout 2.0.0 --yes", expect=1)
         d.run("status")
         d.say("The quarantine refuses the version until someone clears it with a reason")
@@ -95,7 +105,9 @@ def demo(
         typer.secho("\nDemo finished: every step behaved as described.", fg="green", bold=True, err=True)
     finally:
         if keep:
-            typer.echo(f"\nThe simulated fleet is still running: export FLEETCTL_CONFIG={info.config}", err=True)
+            typer.echo(
+                f"\nThe simulated fleet is still running: export FLEETCTL_CONFIG={info.config}", err=True
+            )
             typer.echo(f"Stop it with: fleetctl sim down --dir {info.dir}", err=True)
         else:
             simfleet.stop(info.dir)

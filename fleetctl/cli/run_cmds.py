@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.live import Live
 
-from fleetctl import control
+from fleetctl import control, policy
 from fleetctl import plan as planning
 from fleetctl import rollout as rollouts
 from fleetctl.cli.output import CliState, print_json, state, table, when
@@ -65,9 +65,12 @@ def plan(
     p = rollouts.make_plan(st.ctx, version, limit)
     if output:
         output.write_text(json.dumps(p.to_json(), indent=2) + "\n")
+    frozen = policy.covering(st.ctx, p.hosts)
     if json_out:
-        return print_json(p.to_json())
+        return print_json({**p.to_json(), "frozen_by": [c.to_json() for c in frozen]})
     show_plan(st, p)
+    for cause in frozen:
+        st.out.print(f"FROZEN: {cause.describe()} (a rollout would be refused, exit 3)")
     if output:
         st.err.print(f"plan written to {output}; run it with `fleetctl rollout --plan {output}`")
 
@@ -101,21 +104,32 @@ def rollout(
         typer.Option("--forks", min=1, max=500, help="Parallel hosts per batch (default: rollout.forks)."),
     ] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why, for the journal.")] = None,
+    override_freeze: Annotated[
+        bool, typer.Option("--override-freeze", help="Roll out despite a freeze (needs --reason; audited).")
+    ] = False,
     yes: YesOption = False,
     json_out: JsonOption = False,
 ) -> None:
     """Roll VERSION out by the policy's stages (canary, rings, the rest), with health gates between batches.
     A failed budget halts the run and, with on_failure: rollback, reverts it and quarantines VERSION."""
     st = state(ctx)
+    if override_freeze and not (reason or "").strip():
+        raise UsageError(
+            "--override-freeze needs --reason TEXT", "say why the freeze may be overridden (audited)"
+        )
     p = rollouts.prepare(st.ctx, version, limit=limit, plan_file=plan_file)
     rollouts.refuse_quarantined(st.ctx, p.version or "")
+    options: dict[str, Any] = {"forks": forks} if forks else {}
+    if override_freeze:
+        options |= {"override_freeze": True, "override_reason": reason}
+    else:
+        policy.refuse_if_frozen(st.ctx, p, options)  # refuse before asking for confirmation
     if not p.hosts:
         if json_out:
             return print_json(summary(None, "rollout", "noop"))
         st.err.print(f"nothing to do: {skipped_summary(p) or 'no host selected'}")
         return
     confirm(st, yes, lambda: show_plan(st, p), f"Roll {p.version} out to {len(p.hosts)} host(s)?")
-    options = {"forks": forks} if forks else {}
     with running(st, json_out) as (renderer, ready):
         st.ctx.events = renderer
         run = rollouts.start(st.ctx, p, reason=reason, options=options, engine_ready=ready)

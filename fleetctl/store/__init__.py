@@ -102,6 +102,7 @@ class Store:
 
 
 def _sqlite_engine(database: str | None) -> Engine:
+    database = database or ":memory:"  # `sqlite://` means an in-memory database, never a file named None
     if database and database != ":memory:":
         path = Path(database)
         if not path.parent.is_dir():

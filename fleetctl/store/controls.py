@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -54,15 +55,15 @@ class Freezes:
     def add(self, *, scope: str, reason: str, by: str | None, until: datetime | None) -> Freeze:
         now = self.store.now()
         with self.store.tx() as conn:
-            fid = conn.execute(
+            fid: int = conn.execute(
                 schema.freezes.insert().values(
                     scope=scope, reason=reason, created_by=by, created_at=now, until=until
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # type: ignore[index]
             self.store.audit.write(conn, "freeze.on", scope, reason, by, {"until": _iso(until), "id": fid})
         return next(f for f in self.all() if f.id == fid)
 
-    def lift(self, *, by: str | None, reason: str | None, scope: str | None = None) -> list[Freeze]:
+    def lift(self, *, by: str | None, reason: str | None, scope: str | None = None) -> builtins.list[Freeze]:
         """Lift every active manual freeze (or those of one scope). Returns what was lifted."""
         now = self.store.now()
         lifted = [f for f in self.active(now) if scope is None or f.scope == scope]
@@ -77,7 +78,7 @@ class Freezes:
                 )
         return lifted
 
-    def all(self, limit: int = 100) -> list[Freeze]:
+    def all(self, limit: int = 100) -> builtins.list[Freeze]:
         t = schema.freezes
         with self.store.read() as conn:
             rows = conn.execute(
@@ -85,7 +86,7 @@ class Freezes:
             ).mappings()
             return [Freeze(**r) for r in rows]
 
-    def active(self, at: datetime) -> list[Freeze]:
+    def active(self, at: datetime) -> builtins.list[Freeze]:
         t = schema.freezes
         q = select(t).where(
             t.c.lifted_at.is_(None), t.c.created_at <= at, or_(t.c.until.is_(None), t.c.until > at)
@@ -147,7 +148,7 @@ class Quarantine:
             row = conn.execute(q).mappings().first()
         return QuarantineEntry(**row) if row else None
 
-    def list(self, component: str, include_cleared: bool = False) -> list[QuarantineEntry]:
+    def list(self, component: str, include_cleared: bool = False) -> builtins.list[QuarantineEntry]:
         t = schema.quarantine
         q = select(t).where(t.c.component == component).order_by(t.c.created_at.desc())
         if not include_cleared:
@@ -227,7 +228,7 @@ class Audit:
         with self.store.tx() as conn:
             self.write(conn, action, subject, reason, actor, details)
 
-    def entries(self, limit: int = 100) -> list[AuditEntry]:
+    def entries(self, limit: int = 100) -> builtins.list[AuditEntry]:
         t = schema.audit
         with self.store.read() as conn:
             rows = conn.execute(select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)).mappings()

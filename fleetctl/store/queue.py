@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,7 @@ class Queue:
         by: str | None,
     ) -> QueueItem:
         with self.store.tx() as conn:
-            qid = conn.execute(
+            qid: int = conn.execute(
                 schema.queue.insert().values(
                     component=component,
                     version=version,
@@ -63,7 +64,7 @@ class Queue:
                     created_at=self.store.now(),
                     status="queued",
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # type: ignore[index]
             self.store.audit.write(conn, "schedule.add", version, None, by, {"id": qid, "pattern": pattern})
         item = self.get(qid)
         assert item is not None
@@ -74,7 +75,9 @@ class Queue:
             row = conn.execute(select(schema.queue).where(schema.queue.c.id == qid)).mappings().first()
         return QueueItem(**row) if row else None
 
-    def list(self, component: str, statuses: tuple[str, ...] = ("queued", "started")) -> list[QueueItem]:
+    def list(
+        self, component: str, statuses: tuple[str, ...] = ("queued", "started")
+    ) -> builtins.list[QueueItem]:
         t = schema.queue
         q = select(t).where(t.c.component == component, t.c.status.in_(statuses)).order_by(t.c.id)
         with self.store.read() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import secrets
 from collections import Counter
 from collections.abc import Iterable
@@ -170,7 +171,7 @@ class Runs:
 
     def list(
         self, limit: int = 20, kind: str | None = None, statuses: Iterable[str] | None = None
-    ) -> list[RunRecord]:
+    ) -> builtins.list[RunRecord]:
         t = schema.runs
         q = select(t).order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
         if kind:
@@ -190,7 +191,7 @@ class Runs:
         """Ask the process running `run_id` to pause or abort at its next check."""
         self.update(run_id, control=control)
 
-    def hosts(self, run_id: str) -> list[RunHost]:
+    def hosts(self, run_id: str) -> builtins.list[RunHost]:
         t = schema.run_hosts
         with self.store.read() as conn:
             rows = conn.execute(select(t).where(t.c.run_id == run_id).order_by(t.c.seq)).mappings().all()

@@ -1,0 +1,132 @@
+"""Issue 5: the one-command rollback on the simulated fleet: restore, --to after drift, -l, preempting a
+rollout, kill -9 then resume, idempotence, retry of failed hosts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from collections.abc import Callable
+
+from tests.conftest import Cli, Sim, fleetctl_proc
+from tests.test_staged import host_states, run_status, wait_for
+
+ONE_WIDE_STAGE = [{"name": "all", "hosts": "all", "batch": "100%", "bake": "0s"}]
+
+
+def test_rollback_restores_30_nodes_after_a_careless_push(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(nodes=30, stages=ONE_WIDE_STAGE, max_unavailable=None)
+    sim.write_config(health={"probes": []})
+    cli("rollout 2.0.0 --yes", env=sim.env)
+    assert set(sim.current().values()) == {"2.0.0"}
+
+    lines = cli.json_lines("rollback --yes --json", env=sim.env)
+    *hosts, summary = lines
+    assert len(hosts) == 30 and {h["status"] for h in hosts} == {"ok"}
+    assert summary["kind"] == "rollback" and summary["status"] == "succeeded"
+    assert sorted(summary["succeeded"]) == sim.nodes and summary["failed"] == []
+    assert set(sim.current().values()) == {"1.0.0"}  # the ground truth on disk
+    doc = cli.json("status --json", env=sim.env)
+    assert doc["run"]["kind"] == "rollback" and doc["run"]["status"] == "succeeded"
+
+    history_before = len(cli.json("history --json", env=sim.env)["changes"])
+    again = cli.json_lines("rollback --yes --json", env=sim.env)
+    assert again == [
+        {
+            "run": None,
+            "kind": "rollback",
+            "status": "noop",
+            "succeeded": [],
+            "failed": [],
+            "rolled_back": [],
+            "reason": None,
+        }
+    ]
+    assert len(cli.json("history --json", env=sim.env)["changes"]) == history_before
+    assert set(sim.current().values()) == {"1.0.0"}
+
+
+def test_rollback_to_a_version_after_drift(sim: Sim, cli: Cli) -> None:
+    cli("versions --refresh", env=sim.env)  # the ledger now says 1.0.0 everywhere
+    sim.set_current("node-002", "1.2.0")  # changed by hand, outside fleetctl
+    sim.set_current("node-005", "1.1.0")
+    lines = cli.json_lines("rollback --to 1.0.0 --yes --json", env=sim.env)
+    assert sorted(h["host"] for h in lines[:-1]) == ["node-002", "node-005"]
+    assert lines[-1]["status"] == "succeeded"
+    assert set(sim.current().values()) == {"1.0.0"}
+    drift = [c for c in cli.json("history --json", env=sim.env)["changes"] if c["source"] == "observed"]
+    assert {(c["host"], c["to"]) for c in drift} >= {("node-002", "1.2.0"), ("node-005", "1.1.0")}
+
+
+def test_limit_restricts_the_rollback(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(stages=ONE_WIDE_STAGE, max_unavailable=None)
+    cli("rollout 1.1.0 --yes", env=sim.env)
+    lines = cli.json_lines("rollback -l zone_a --yes --json", env=sim.env)
+    assert sorted(h["host"] for h in lines[:-1]) == ["node-001", "node-004"]
+    current = sim.current()
+    assert {current["node-001"], current["node-004"]} == {"1.0.0"}
+    assert {v for h, v in current.items() if h not in ("node-001", "node-004")} == {"1.1.0"}
+
+
+def test_rollback_preempts_a_rollout_in_flight(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(
+        stages=[
+            {"name": "canary", "hosts": "canary", "batch": 1, "bake": "60s", "max_failures": 0},
+            {"name": "rest", "hosts": "all", "batch": "100%", "bake": "0s"},
+        ]
+    )
+    proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
+    wait_for(lambda: host_states(run_status(sim)).get("node-001") == "verifying", what="canary bake")
+    rollout_id = run_status(sim)["run"]["id"]
+    started = time.monotonic()
+    lines = cli.json_lines("rollback --yes --json", env=sim.env)
+    assert time.monotonic() - started < 45, "the rollback waited for the rollout's bake"
+    assert proc.wait(timeout=30) == 1
+    assert lines[-1]["status"] == "succeeded" and [h["host"] for h in lines[:-1]] == ["node-001"]
+    runs = {r["id"]: r for r in cli.json("runs --json", env=sim.env)["runs"]}
+    assert runs[rollout_id]["status"] == "aborted" and "preempted" in runs[rollout_id]["reason"]
+    assert set(sim.current().values()) == {"1.0.0"}
+    actions = [a["action"] for a in cli.json("audit --json", env=sim.env)["audit"]]
+    assert "rollback.preempt" in actions
+
+
+def test_kill_9_during_a_rollback_then_resume(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(nodes=8, stages=ONE_WIDE_STAGE, max_unavailable=None)
+    sim.write_config(rollback={"forks": 2, "batch": 2})
+    cli("rollout 1.1.0 --yes", env=sim.env)
+    proc = fleetctl_proc(["rollback", "--yes"], sim.env)
+
+    def mid_rollback() -> bool:
+        doc = run_status(sim) or {}
+        states = host_states(doc)
+        return (
+            doc.get("run", {}).get("kind") == "rollback"
+            and "rolled_back" in states.values()
+            and ("pending" in states.values())
+        )
+
+    wait_for(mid_rollback, what="a rollback half done")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert cli.json("status --json", env=sim.env)["run"]["status"] == "interrupted"
+    time.sleep(2)
+    cli("resume --yes", env=sim.env)
+    doc = cli.json("status --json", env=sim.env)
+    assert doc["run"]["kind"] == "rollback" and doc["run"]["status"] == "succeeded"
+    assert set(sim.current().values()) == {"1.0.0"}
+
+
+def test_retry_failed_hosts(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(nodes=3, stages=ONE_WIDE_STAGE, max_unavailable=None)
+    artifact = sim.dir / "artifacts" / "host-controller-1.2.0.tar.gz"
+    hidden = artifact.with_suffix(".hidden")
+    shutil.move(artifact, hidden)  # 1.2.0 is on no node and cannot be fetched: the rollback fails
+    result = cli("rollback --to 1.2.0 --yes --json", env=sim.env, code=1)
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["status"] == "failed" and len(summary["failed"]) == 3
+    assert "cannot fetch" in summary["failed"][0]["error"]
+    shutil.move(hidden, artifact)
+    lines = cli.json_lines("rollback --retry-failed --yes --json", env=sim.env)
+    assert lines[-1]["status"] == "succeeded" and sorted(lines[-1]["succeeded"]) == sim.nodes
+    assert set(sim.current().values()) == {"1.2.0"}
