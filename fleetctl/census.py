@@ -49,15 +49,27 @@ def census(rows: list[HostRow]) -> dict[str, int]:
 
 
 def refresh(
-    ctx: FleetContext, pattern: str | None = None, forks: int | None = None, hosts: list[str] | None = None
+    ctx: FleetContext,
+    pattern: str | None = None,
+    forks: int | None = None,
+    hosts: list[str] | None = None,
+    via: str = "ansible",
 ) -> RefreshReport:
-    """Ask the nodes (facts.yml) what they run and record it. A version fleetctl did not put there is
-    recorded with source `observed`."""
+    """Ask the nodes what they run (facts.yml through Ansible, or `via="ssh"`: fleetctl's own paramiko
+    client reads `current` directly) and record it. A version fleetctl did not put there is recorded
+    with source `observed`."""
     names = hosts if hosts is not None else ctx.fleet.select(pattern)
-    ctx.emit("refresh.started", None, hosts=len(names))
-    run = ctx.executor().run("facts.yml", names, forks=forks or ctx.config.rollback.forks, ident="facts")
-    reports = {h: r.version for h, r in run.results.items() if r.ok}
-    unreachable = {h: r.error or r.status for h, r in run.results.items() if not r.ok}
+    ctx.emit("refresh.started", None, hosts=len(names), via=via)
+    if via == "ssh":
+        from fleetctl.ssh import SshClient, read_versions, version_of
+
+        results = read_versions(SshClient(ctx.config.ssh), ctx.fleet, names)
+        reports = {h: version_of(r) for h, r in results.items() if r.ok}
+        unreachable = {h: r.error or "failed" for h, r in results.items() if not r.ok}
+    else:
+        run = ctx.executor().run("facts.yml", names, forks=forks or ctx.config.rollback.forks, ident="facts")
+        reports = {h: r.version for h, r in run.results.items() if r.ok}
+        unreachable = {h: r.error or r.status for h, r in run.results.items() if not r.ok}
     changes = ctx.store.ledger.record(
         ctx.component, reports, source="observed", run_id=None, operator=ctx.who
     )

@@ -163,8 +163,8 @@ def load_config(path: Path) -> FleetConfig:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", "check the path and permissions") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings", "see README: Configuration")
-    if "inventory" not in raw:
-        raise ConfigError(f"{path}: inventory: missing", "add `inventory: path/to/inventory.yml`")
+    if not raw.get("inventory") or (isinstance(raw["inventory"], list) and not all(raw["inventory"])):
+        raise ConfigError(f"{path}: inventory: missing or empty", "add `inventory: path/to/inventory.yml`")
     base = path.parent
     inv = raw["inventory"] if isinstance(raw["inventory"], list) else [raw["inventory"]]
     data = dict(raw, path=path, inventory=[_resolve(base, p) for p in inv])

@@ -17,6 +17,7 @@ from pathlib import Path
 from fleetctl.config import FleetConfig, find_config, load_config
 from fleetctl.events import Event, EventSink, discard
 from fleetctl.executor import Executor, ExecutorSettings
+from fleetctl.health import Prober
 from fleetctl.inventory import Fleet, load_inventory
 from fleetctl.resources import playbooks_dir
 from fleetctl.store import Store
@@ -58,6 +59,8 @@ class FleetContext:
     @cached_property
     def store(self) -> Store:
         url = self.db_url or self.env.get("FLEETCTL_DB") or None
+        if url and "://" not in url:  # a path typed at the shell is relative to where it was typed
+            url = f"sqlite:///{Path(url).resolve()}"
         return Store.open(self.config.state_url(url), clock=self.clock)
 
     @property
@@ -85,6 +88,18 @@ class FleetContext:
                 extravars=dict(cfg.vars),
             )
         )
+
+    def prober(self, executor: Executor | None = None) -> Prober:
+        """The configured health probes; ssh probes go through fleetctl's paramiko client."""
+        from fleetctl.ssh import SshClient, probe_runner
+
+        probes = self.config.health.probes
+        ssh = (
+            probe_runner(SshClient(self.config.ssh), self.fleet)
+            if any(p.kind == "ssh" for p in probes)
+            else None
+        )
+        return Prober(self.fleet, probes, executor or self.executor(), ssh_runner=ssh)
 
     def emit(self, event_kind: str, run_id: str | None = None, /, **data: object) -> None:
         self.events(Event(event_kind, run_id, dict(data), self.now()))

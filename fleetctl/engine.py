@@ -133,7 +133,7 @@ class Engine:
                 s.name: sum(1 for h in s.hosts if states[h].state == "failed") for s in plan.stages
             },
         )
-        prober = Prober(self.ctx.fleet, self.ctx.config.health.probes, executor)
+        prober = self.ctx.prober(executor)
         forks = int(run.options.get("forks") or plan.forks)
         self.store.runs.update(run.id, status="running", status_reason=None, control=None)
         for stage in plan.stages:

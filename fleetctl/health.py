@@ -150,7 +150,7 @@ async def _http_check(url: str, probe: Probe) -> None:
             f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\nUser-Agent: fleetctl-probe\r\n\r\n".encode()
         )
         await writer.drain()
-        raw = await reader.read(65536)
+        raw = await _read_response(reader)
     finally:
         writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
@@ -164,6 +164,29 @@ async def _http_check(url: str, probe: Probe) -> None:
         raise ProbeFailed(f"status {fields[1]}, expected {probe.expect_status}")
     if probe.expect_body and not re.search(probe.expect_body, body.decode("utf-8", "replace")):
         raise ProbeFailed(f"body does not match {probe.expect_body!r}")
+
+
+async def _read_response(reader: asyncio.StreamReader, limit: int = 65536) -> bytes:
+    """The status line, headers and body (Content-Length bytes, else until EOF), at most `limit` bytes."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial
+    except asyncio.LimitOverrunError:
+        return await reader.read(limit)
+    length = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            length = min(int(value.strip()), limit)
+    if length is not None:
+        try:
+            body = await reader.readexactly(length)
+        except asyncio.IncompleteReadError as exc:
+            body = exc.partial
+    else:
+        body = await reader.read(limit)
+    return head + body
 
 
 async def _tcp_check(target: str) -> None:

@@ -14,13 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from fleetctl.errors import InventoryError
 
 # Variables fleetctl itself reads; the fingerprint covers them (and group membership), nothing else.
 _FINGERPRINT_VARS = ("ansible_host", "ansible_port", "ansible_connection", "hc_root", "hc_port")
-_TEMPLATE_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+_LOADER: Any = None
+
+
+def _loader() -> Any:
+    global _LOADER
+    if _LOADER is None:
+        from ansible.parsing.dataloader import DataLoader
+
+        _LOADER = DataLoader()
+    return _LOADER
 
 
 @dataclass(frozen=True)
@@ -33,20 +40,20 @@ class Host:
         return self.vars.get(key, default)
 
     def render(self, template: str) -> str:
-        """Render a Jinja template (e.g. a probe URL) with this host's variables; nested vars resolve."""
-        context = {**self.vars, "inventory_hostname": self.name}
-        text = template
-        for _ in range(4):
-            if "{{" not in text and "{%" not in text:
-                break
-            try:
-                text = _TEMPLATE_ENV.from_string(text).render(context)
-            except jinja2.TemplateError as exc:
-                raise InventoryError(
-                    f"cannot render {template!r} for host {self.name}: {exc}",
-                    "define the variable for the host in the inventory",
-                ) from None
-        return text
+        """Render a Jinja template (e.g. a probe URL) with this host's variables, with Ansible's own
+        templating: nested variables resolve, filters work, `!unsafe` values stay literal."""
+        from ansible.errors import AnsibleError
+        from ansible.template import Templar, trust_as_template
+
+        templar = Templar(loader=_loader(), variables={**self.vars, "inventory_hostname": self.name})
+        try:
+            with _quiet():
+                return str(templar.template(trust_as_template(template)))
+        except AnsibleError as exc:
+            raise InventoryError(
+                f"cannot render {template!r} for host {self.name}: {_first_line(exc)}",
+                "define the variable for the host in the inventory",
+            ) from None
 
 
 class Fleet:
@@ -90,11 +97,20 @@ class Fleet:
     def groups_of(self, name: str) -> tuple[str, ...]:
         return self.hosts[name].groups
 
+    def _rendered(self, name: str, key: str) -> str:
+        raw = self.hosts[name].vars.get(key)
+        if not isinstance(raw, str) or "{" not in raw:
+            return str(raw)
+        try:
+            return self.hosts[name].render(raw)
+        except InventoryError:
+            return raw
+
     def fingerprint(self, names: Iterable[str] | None = None) -> str:
         """Hash of hosts, group membership and the variables fleetctl reads: changes when the fleet does."""
         chosen = list(self.hosts) if names is None else list(names)
         doc = [
-            [n, list(self.hosts[n].groups), {k: str(self.hosts[n].vars.get(k)) for k in _FINGERPRINT_VARS}]
+            [n, list(self.hosts[n].groups), {k: self._rendered(n, k) for k in _FINGERPRINT_VARS}]
             for n in chosen
             if n in self.hosts
         ]
@@ -169,7 +185,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _parse_reason(stderr: str) -> str | None:
-    """Pick the most useful line out of Ansible's multi-line parse warnings."""
+    """Pick the most useful line out of Ansible's multi-line parse warnings: a failing inventory script's
+    own complaint first, then the first plugin that explained itself."""
+    plugins = re.findall(r"Failed to parse inventory with '(\w+)' plugin: ([^\n]+)", stderr)
+    for plugin, reason in plugins:
+        if plugin == "script":
+            return reason.strip()
     for pattern in (
         r"YAML parsing failed: ([^\n]+)",
         r"Failed to parse inventory: ([^\n]+)",

@@ -132,17 +132,23 @@ def spread(
         queues.setdefault(label_of[h], []).append(h)
     labels = sorted(queues)
     batches: list[list[str]] = []
+    start = 0  # turns carry over from batch to batch, so zones interleave and no batch is wasted
     while any(queues.values()):
         batch: list[str] = []
         taken = dict.fromkeys(labels, 0)
+        last = start - 1
         progress = True
         while progress and len(batch) < size:
             progress = False
-            for label in labels:
+            for i in range(len(labels)):
+                at = (start + i) % len(labels)
+                label = labels[at]
                 if queues[label] and taken[label] < cap[label] and len(batch) < size:
                     batch.append(queues[label].pop(0))
                     taken[label] += 1
                     progress = True
+                    last = at
+        start = (last + 1) % len(labels)
         batches.append(batch)
     return batches
 
@@ -269,6 +275,11 @@ def check_fresh(saved: Plan, current: Plan) -> None:
             "make a new plan with `fleetctl plan`",
         )
     moved = [h for h, v in saved.from_versions.items() if current.from_versions.get(h, saved.version) != v]
+    if not moved and set(saved.targets) != set(current.targets):
+        raise StalePlanError(
+            "stale plan: the hosts to update changed since the plan was made",
+            "make a new plan with `fleetctl plan`",
+        )
     if moved:
         raise StalePlanError(
             f"stale plan: {len(moved)} planned host(s) changed version since, e.g. {moved[0]}",

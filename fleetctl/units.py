@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]*$")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+\-]*")
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -15,13 +15,15 @@ def parse_duration(text: str | int | float) -> float:
     if isinstance(text, bool):
         raise ValueError(f"not a duration: {text!r}")
     if isinstance(text, int | float):
+        if not math.isfinite(text):
+            raise ValueError(f"not a duration: {text!r}")
         if text < 0:
             raise ValueError(f"a duration cannot be negative: {text}")
         return float(text)
     s = str(text).strip().lower().replace(" ", "")
     if s.startswith("-"):
         raise ValueError(f"a duration cannot be negative: {text!r}")
-    if s.isdigit():
+    if re.fullmatch(r"\d+(\.\d+)?", s):
         return float(s)
     m = _DURATION.match(s)
     if not s or not m or not any(m.groups()):
@@ -62,9 +64,14 @@ class CountOrPercent:
         num = s[:-1].strip() if pct else s
         try:
             value = float(num)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ValueError(f"not a count or percent: {raw!r} (use e.g. 2 or 25%)") from None
-        if value < 0 or (pct and value > 100) or (not pct and value != int(value)):
+        if (
+            not math.isfinite(value)
+            or value < 0
+            or (pct and value > 100)
+            or (not pct and not value.is_integer())
+        ):
             raise ValueError(f"not a count or percent: {raw!r} (use e.g. 2 or 25%)")
         return cls(value, pct)
 
@@ -79,7 +86,7 @@ class CountOrPercent:
 
 def check_version(version: str) -> str:
     """A version ends up in paths and commands: letters, digits, '.', '-', '+', '_' only."""
-    if not _VERSION.match(version or "") or ".." in version:
+    if not _VERSION.fullmatch(version or "") or ".." in version:
         raise ValueError(
             f"{version!r} is not a plain version: use only letters, digits, '.', '-', '+', '_' (e.g. 1.2.0)"
         )

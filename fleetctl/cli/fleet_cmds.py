@@ -8,6 +8,7 @@ import typer
 
 from fleetctl import census
 from fleetctl.cli.output import print_json, state, table, when
+from fleetctl.errors import UsageError
 
 LimitOption = Annotated[
     str | None, typer.Option("--limit", "-l", help="Ansible host pattern, e.g. ring1:&zone_a.")
@@ -47,6 +48,12 @@ def versions(
     refresh: Annotated[
         bool, typer.Option("--refresh", help="Ask the nodes (facts.yml) and record what they report.")
     ] = False,
+    via: Annotated[
+        str,
+        typer.Option(
+            "--via", help="With --refresh: ansible (facts.yml) or ssh (fleetctl's paramiko client)."
+        ),
+    ] = "ansible",
     json_out: JsonOption = False,
 ) -> None:
     """Version census and per-host versions. --refresh asks the nodes first; a version changed outside
@@ -54,7 +61,9 @@ def versions(
     st = state(ctx)
     unreachable: dict[str, str] = {}
     if refresh:
-        report = census.refresh(st.ctx, limit)
+        if via not in ("ansible", "ssh"):
+            raise UsageError(f"--via must be ansible or ssh, not {via!r}", "e.g. --via ssh")
+        report = census.refresh(st.ctx, limit, via=via)
         unreachable = report.unreachable
         if not json_out:
             st.err.print(

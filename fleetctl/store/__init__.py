@@ -110,6 +110,11 @@ def _sqlite_engine(database: str | None) -> Engine:
                 f"cannot open state database {path}: directory {path.parent} does not exist",
                 "create the directory or point --db / FLEETCTL_DB elsewhere",
             )
+        if path.exists() and not path.is_file():
+            raise StoreError(
+                f"cannot open state database {path}: not a file",
+                "point --db / FLEETCTL_DB at a database file",
+            )
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         os.chmod(path, 0o600)

@@ -111,6 +111,20 @@ class Ledger:
             for host, version in reports.items():
                 if host in known and known[host] == version:
                     continue
+                if host not in known and version is None:  # a new host that reports nothing: no change
+                    conn.execute(
+                        t.insert().values(
+                            host=host,
+                            component=component,
+                            version=None,
+                            previous_version=None,
+                            changed_at=at,
+                            run_id=run_id,
+                            operator=operator,
+                            source=source,
+                        )
+                    )
+                    continue
                 before = known.get(host)
                 values = dict(
                     version=version,

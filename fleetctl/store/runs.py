@@ -166,7 +166,11 @@ class Runs:
             return exact
         t = schema.runs
         with self.store.read() as conn:
-            rows = conn.execute(select(t).where(t.c.id.like(f"{ref}%")).limit(2)).mappings().all()
+            rows = (
+                conn.execute(select(t).where(t.c.id.startswith(ref, autoescape=True)).limit(2))
+                .mappings()
+                .all()
+            )
         return _record(rows[0]) if len(rows) == 1 else None
 
     def list(
