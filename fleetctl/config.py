@@ -120,6 +120,8 @@ class FleetConfig(_Model):
     freeze: WindowsConfig = WindowsConfig()
     maintenance: WindowsConfig = WindowsConfig()
     ssh: SshConfig = SshConfig()
+    vault_password_file: Path | None = None  # Ansible Vault secrets for inventory and playbooks
+    env: dict[str, str] = {}  # environment variables for every ansible-playbook run (e.g. HOME, ANSIBLE_*)
 
     @property
     def base_dir(self) -> Path:
@@ -168,6 +170,8 @@ def load_config(path: Path) -> FleetConfig:
     base = path.parent
     inv = raw["inventory"] if isinstance(raw["inventory"], list) else [raw["inventory"]]
     data = dict(raw, path=path, inventory=[_resolve(base, p) for p in inv])
+    if data.get("vault_password_file"):
+        data["vault_password_file"] = _resolve(base, data["vault_password_file"])
     if data.get("playbooks"):
         data["playbooks"] = _resolve(base, data["playbooks"])
     if isinstance(data.get("ssh"), dict):

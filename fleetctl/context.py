@@ -23,6 +23,11 @@ from fleetctl.resources import playbooks_dir
 from fleetctl.store import Store
 
 
+def _vault_env(cfg: FleetConfig) -> dict[str, str]:
+    """Vault secrets reach Ansible only through its own mechanism: a password file it reads itself."""
+    return {"ANSIBLE_VAULT_PASSWORD_FILE": str(cfg.vault_password_file)} if cfg.vault_password_file else {}
+
+
 def default_operator(env: Mapping[str, str]) -> str:
     if env.get("FLEETCTL_OPERATOR"):
         return env["FLEETCTL_OPERATOR"]
@@ -54,7 +59,7 @@ class FleetContext:
 
     @cached_property
     def fleet(self) -> Fleet:
-        return load_inventory(self.config.inventory)
+        return load_inventory(self.config.inventory, vault_password_file=self.config.vault_password_file)
 
     @cached_property
     def store(self) -> Store:
@@ -86,6 +91,7 @@ class FleetContext:
                 playbooks=cfg.playbooks or playbooks_dir(),
                 work_dir=self.state_dir / "runner",
                 extravars=dict(cfg.vars),
+                envvars={**_vault_env(cfg), **cfg.env},
             )
         )
 

@@ -361,7 +361,7 @@ class Engine:
         states = self._states(run.id)
         touched = {h: s.from_version for h, s in states.items() if s.state in TOUCHED}
         targets = {h: v for h, v in touched.items() if v}
-        unknown = sorted(h for h, v in touched.items() if not v)
+        unknown = self._unchanged_dropped(run, plan, sorted(h for h, v in touched.items() if not v), executor)
         self.store.runs.set_hosts(run.id, list(targets), "rolling_back")
         versions = self.store.ledger.versions(plan.component)
         revert = revert_plan(
@@ -383,6 +383,20 @@ class Engine:
         status = ("aborted" if aborted else "rolled_back") if not left else "failed"
         note = reason if not left else f"{reason}; rollback incomplete on {len(left)} host(s), e.g. {left[0]}"
         self._finish(run.id, status, note)
+
+    def _unchanged_dropped(
+        self, run: RunRecord, plan: Plan, hosts: list[str], executor: Executor
+    ) -> list[str]:
+        """Of hosts whose from-version nobody recorded (they failed before reporting), keep those that may
+        have changed: ask them, and drop the ones that do not run the run's target."""
+        if not hosts:
+            return []
+        facts = executor.run("facts.yml", hosts, forks=50, ident=f"{run.id}-facts")
+        reports = {h: r.version for h, r in facts.results.items() if r.ok}
+        self.store.ledger.record(
+            plan.component, reports, source="fleetctl", run_id=run.id, operator=run.operator
+        )
+        return [h for h in hosts if h not in reports or reports[h] == plan.targets.get(h)]
 
     # -- resume support ------------------------------------------------------------------------------
     def _reconcile(self, run: RunRecord, executor: Executor) -> None:

@@ -117,8 +117,9 @@ class Fleet:
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_inventory(sources: Sequence[Path]) -> Fleet:
-    """Load inventory sources with Ansible's InventoryManager; any unparsable source is an error."""
+def load_inventory(sources: Sequence[Path], vault_password_file: Path | None = None) -> Fleet:
+    """Load inventory sources with Ansible's InventoryManager; any unparsable source is an error.
+    Vaulted values stay encrypted until something (a probe URL) needs them."""
     missing = [s for s in sources if not Path(s).exists()]
     if missing:
         raise InventoryError(
@@ -132,7 +133,9 @@ def load_inventory(sources: Sequence[Path]) -> Fleet:
 
     C.INVENTORY_UNPARSED_IS_FAILED = True
     C.INVENTORY_ANY_UNPARSED_IS_FAILED = True
-    loader = DataLoader()
+    loader = _loader() if vault_password_file is None else DataLoader()
+    if vault_password_file is not None:
+        _set_vault_secret(loader, vault_password_file)
     captured = io.StringIO()
     try:
         with _quiet(captured):
@@ -173,6 +176,26 @@ _MAGIC = {
     "hostvars",
     "environment",
 }
+
+
+def _set_vault_secret(loader: Any, path: Path) -> None:
+    from ansible.errors import AnsibleError
+    from ansible.parsing.vault import get_file_vault_secret
+
+    if not Path(path).is_file():
+        raise InventoryError(
+            f"vault_password_file {path} does not exist", "fix `vault_password_file:` in fleet.yml"
+        )
+    try:
+        secret = get_file_vault_secret(filename=str(path), vault_id="default", loader=loader)
+        secret.load()
+    except AnsibleError as exc:
+        raise InventoryError(
+            f"cannot read vault password file {path}: {_first_line(exc)}", "check the file"
+        ) from None
+    loader.set_vault_secrets([("default", secret)])
+    global _LOADER
+    _LOADER = loader  # Host.render decrypts with the same secrets
 
 
 def _is_magic(key: str) -> bool:

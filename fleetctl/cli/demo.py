@@ -63,7 +63,7 @@ def demo(
         bool, typer.Option("--keep-going", help="Go on after a step that went wrong.")
     ] = False,
 ) -> None:
-    """Try fleetctl end to end on a simulated fleet in a temp dir (about three minutes), then tear it down."""
+    """Try fleetctl end to end on a simulated fleet in a temp dir (about four minutes), then tear it down."""
     workdir = Path(tempfile.mkdtemp(prefix="fleetctl-demo-"))
     hang = 3.0
     info = simfleet.create(workdir / "sim", nodes, hang)
@@ -98,7 +98,7 @@ def demo(
         d.run("rollout 2.0.0 --yes", expect=3)
         d.run("quarantine list")
         d.run("versions")
-        _extra_steps(d)
+        _extra_steps(d, info.config, info.dir, hang)
         if d.failed:
             typer.secho("\nDemo finished with problems:\n  " + "\n  ".join(d.failed), fg="red", err=True)
             raise typer.Exit(1)
@@ -113,5 +113,50 @@ def demo(
             simfleet.stop(info.dir)
 
 
-def _extra_steps(d: Demo) -> None:
-    """Later chapters of the demo (freezes, the incident replayed) hook in here."""
+def _freeze_chapter(d: Demo) -> None:
+    d.say("A change freeze is one command: rollouts refuse (exit 3, nothing changed), rollbacks still run")
+    d.run("freeze on --reason 'investigating controller hangs' --for 2h")
+    d.run("freeze status")
+    d.run("rollout 1.1.0 -l ring1 --yes", expect=3)
+    d.run("rollback --to 1.1.0 -l canary --yes --reason 'restore the canary during the freeze'")
+    d.run("audit -n 4")
+    d.run("freeze off --reason 'root cause found'")
+
+
+def _incident_chapter(d: Demo, config: Path, sim_dir: Path, hang: float) -> None:
+    d.say(
+        "The incident replayed: a careless policy (one stage, 100% batch, no bake, no probes) pushes 2.0.0 "
+        "to every node at once"
+    )
+    doc = yaml.safe_load(config.read_text())
+    careful = dict(doc)
+    doc["rollout"] = {
+        "forks": 10,
+        "on_failure": "halt",
+        "max_failures": "100%",
+        "stages": [{"name": "everything", "hosts": "all", "batch": "100%", "bake": "0s"}],
+    }
+    doc["health"] = {**doc["health"], "probes": []}
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    d.run("quarantine clear 2.0.0 --reason 'replaying the incident on purpose'")
+    push = d.run("rollout 2.0.0 --yes")
+    time.sleep(hang + 1)
+    d.say(f"{hang:g}s later every controller's API blocks, as on that night")
+    d.run("sim status --dir " + shlex.quote(str(sim_dir)))
+    config.write_text(yaml.safe_dump(careful, sort_keys=False))
+    d.say(
+        "One command restores every node to the version it ran before (wide, no bakes, health checked at the end)"
+    )
+    back = d.run("rollback --yes")
+    d.run("sim status --dir " + shlex.quote(str(sim_dir)))
+    typer.secho(
+        f"\n   rollout of 2.0.0: {push:.1f}s   fleet-wide rollback: {back:.1f}s   "
+        f"({back / push:.0%} of the rollout's time)",
+        bold=True,
+        err=True,
+    )
+
+
+def _extra_steps(d: Demo, config: Path, sim_dir: Path, hang: float) -> None:
+    _freeze_chapter(d)
+    _incident_chapter(d, config, sim_dir, hang)

@@ -22,6 +22,8 @@ options:
           type: str, choices: [present, active, query], default: active}
   artifact_url: {description: release archive (file://, http(s):// or a path), type: str}
   checksum: {description: "expected archive digest, 'sha256:<hex>'", type: str}
+  artifact_user: {description: user for HTTP basic auth to the artifact store, type: str}
+  artifact_password: {description: password or token for the artifact store (never logged), type: str}
   keep: {description: releases kept on disk (never the active one nor the target), type: int, default: 3}
   service_manager: {description: how to restart, type: str, choices: [sim, systemd, none], default: systemd}
   service_name: {description: systemd unit or sim node name, type: str, default: host-controller}
@@ -30,6 +32,7 @@ options:
   wait_timeout: {description: seconds to wait for the controller after a restart, type: float, default: 30}
 """
 
+import base64
 import hashlib
 import os
 import shutil
@@ -54,13 +57,19 @@ def current_version(root):
     return os.path.basename(target.rstrip("/"))
 
 
-def fetch(url, dest):
+def fetch(url, dest, user=None, password=None):
     if url.startswith("file://"):
         url = url[len("file://") :]
     if "://" not in url:
         shutil.copyfile(url, dest)
         return
-    resp = urlopen(url, timeout=60)
+    request = url
+    if password:
+        from urllib.request import Request
+
+        token = base64.b64encode(("%s:%s" % (user or "", password)).encode()).decode()
+        request = Request(url, headers={"Authorization": "Basic " + token})
+    resp = urlopen(request, timeout=60)
     with open(dest, "wb") as out:
         shutil.copyfileobj(resp, out)
 
@@ -90,7 +99,7 @@ def stage(module, root, version):
     try:
         archive = os.path.join(work, "release.tar.gz")
         try:
-            fetch(url, archive)
+            fetch(url, archive, module.params["artifact_user"], module.params["artifact_password"])
         except Exception as exc:  # noqa: BLE001 - reported to the operator as the host's error
             module.fail_json(msg="cannot fetch %s: %s" % (url, exc))
         expected = module.params["checksum"]
@@ -200,6 +209,8 @@ def main():
             state=dict(type="str", default="active", choices=["present", "active", "query"]),
             artifact_url=dict(type="str"),
             checksum=dict(type="str", default=""),
+            artifact_user=dict(type="str"),
+            artifact_password=dict(type="str", no_log=True),
             keep=dict(type="int", default=3),
             service_manager=dict(type="str", default="systemd", choices=["sim", "systemd", "none"]),
             service_name=dict(type="str", default="host-controller"),

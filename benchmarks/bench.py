@@ -1,0 +1,210 @@
+"""fleetctl benchmarks on the simulated fleet. Ratios measured side by side in one run, never asserted.
+
+    python benchmarks/bench.py rollout  --nodes 100          # fleetctl rollout vs plain ansible-playbook update.yml
+    python benchmarks/bench.py rollback --nodes 30 100 300   # rollback vs rollout, hosts/s, vs plain rollback.yml
+    python benchmarks/bench.py probes   --nodes 1000         # one health round over N hosts (healthy, then hung)
+    python benchmarks/bench.py ssh      --nodes 5            # versions --refresh --via ssh vs facts.yml (needs netns)
+
+Results are printed as a table and appended to benchmarks/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from fleetctl.resources import playbooks_dir
+from fleetctl.sim import fleet as simfleet
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+def wide_policy(forks: int) -> dict:
+    return {
+        "forks": forks,
+        "on_failure": "halt",
+        "max_failures": "100%",
+        "stages": [{"name": "all", "hosts": "all", "batch": "100%", "bake": "0s"}],
+    }
+
+
+def make_sim(nodes: int, forks: int = 10) -> simfleet.SimInfo:
+    d = Path(tempfile.mkdtemp(prefix="fleetctl-bench-"))
+    info = simfleet.create(d / "sim", nodes, 600.0)
+    doc = yaml.safe_load(info.config.read_text())
+    doc["rollout"] = wide_policy(forks)
+    doc["health"] = {"probes": []}
+    info.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return info
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    started = time.monotonic()
+    out = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True)
+    elapsed = time.monotonic() - started
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {out.returncode}:\n{out.stderr[-2000:]}")
+    return elapsed
+
+
+def fleetctl(info: simfleet.SimInfo, *args: str) -> float:
+    env = {"FLEETCTL_CONFIG": str(info.config), "FLEETCTL_OPERATOR": "bench"}
+    return timed([str(BIN / "fleetctl"), *args], env)
+
+
+def playbook(info: simfleet.SimInfo, name: str, forks: int, *extra: str) -> float:
+    env = {
+        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
+    return timed(
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(info.inventory),
+            str(playbooks_dir() / name),
+            "-f",
+            str(forks),
+            *extra,
+        ],
+        env,
+    )
+
+
+def versions(info: simfleet.SimInfo) -> set[str | None]:
+    return {s.version for s in simfleet.status(info.dir)}
+
+
+def record(kind: str, row: dict) -> None:
+    row = {
+        "bench": kind,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        **row,
+    }
+    with (HERE / "results.jsonl").open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def bench_rollout(nodes: int, forks: int) -> None:
+    """Same playbook, same forks, same hosts: fleetctl's overhead over plain ansible-playbook."""
+    info = make_sim(nodes, forks)
+    try:
+        fc = fleetctl(info, "rollout", "1.1.0", "--yes", "--forks", str(forks))
+        assert versions(info) == {"1.1.0"}
+        ap = playbook(info, "update.yml", forks, "-e", "hc_version=1.2.0")
+        assert versions(info) == {"1.2.0"}
+        fc2 = fleetctl(info, "rollout", "1.1.0", "--yes", "--forks", str(forks))  # again, to even out order
+        ap2 = playbook(info, "update.yml", forks, "-e", "hc_version=1.2.0")
+        f, a = (fc + fc2) / 2, (ap + ap2) / 2
+        record(
+            "rollout",
+            {
+                "nodes": nodes,
+                "forks": forks,
+                "fleetctl_s": round(f, 2),
+                "ansible_playbook_s": round(a, 2),
+                "ratio": round(f / a, 3),
+                "runs": [round(x, 2) for x in (fc, ap, fc2, ap2)],
+            },
+        )
+    finally:
+        simfleet.stop(info.dir)
+
+
+def bench_rollback(nodes: int) -> None:
+    """The incident: 2.0.0 pushed wide (forks 10, one 100% batch, no bake), then one `fleetctl rollback`."""
+    info = make_sim(nodes, 10)
+    try:
+        push = fleetctl(info, "rollout", "2.0.0", "--yes", "--forks", "10")
+        assert versions(info) == {"2.0.0"}
+        back = fleetctl(info, "rollback", "--yes")
+        assert versions(info) == {"1.0.0"}
+        fleetctl(info, "rollout", "2.0.0", "--yes", "--forks", "10")
+        plain = playbook(info, "rollback.yml", 50, "-e", "hc_rollback_version=1.0.0")
+        assert versions(info) == {"1.0.0"}
+        record(
+            "rollback",
+            {
+                "nodes": nodes,
+                "rollout_s": round(push, 2),
+                "rollback_s": round(back, 2),
+                "rollback_over_rollout": round(back / push, 3),
+                "hosts_per_s": round(nodes / back, 2),
+                "plain_rollback_s": round(plain, 2),
+                "overhead_vs_plain": round(back / plain - 1, 3),
+            },
+        )
+    finally:
+        simfleet.stop(info.dir)
+
+
+def bench_probes(nodes: int) -> None:
+    from fleetctl.config import Probe
+    from fleetctl.health import Prober
+    from fleetctl.inventory import load_inventory
+
+    info = make_sim(nodes)
+    try:
+        fleet = load_inventory([info.inventory])
+        probe = Probe(http="http://{{ ansible_host }}:{{ hc_port }}/health", timeout=2.0)
+        prober = Prober(fleet, [probe])
+        prober.round(fleet.names)  # render and cache the URLs
+        started = time.monotonic()
+        res = prober.round(fleet.names)
+        healthy = time.monotonic() - started
+        assert all(r.ok for r in res.values())
+        record("probes", {"nodes": nodes, "healthy_round_s": round(healthy, 3), "timeout_s": probe.timeout})
+    finally:
+        simfleet.stop(info.dir)
+
+
+def bench_ssh(nodes: int) -> None:
+    info = simfleet.create(Path(tempfile.mkdtemp(prefix="fleetctl-bench-")) / "sim", nodes, 600.0, ssh=True)
+    try:
+        via_ssh = fleetctl(info, "versions", "--refresh", "--via", "ssh")
+        via_facts = fleetctl(info, "versions", "--refresh")
+        via_ssh2 = fleetctl(info, "versions", "--refresh", "--via", "ssh")
+        s, f = (via_ssh + via_ssh2) / 2, via_facts
+        record(
+            "ssh", {"nodes": nodes, "ssh_s": round(s, 2), "facts_s": round(f, 2), "speedup": round(f / s, 2)}
+        )
+    finally:
+        simfleet.stop(info.dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("kind", choices=["rollout", "rollback", "probes", "ssh"])
+    parser.add_argument("--nodes", type=int, nargs="+", default=None)
+    parser.add_argument("--forks", type=int, default=10)
+    args = parser.parse_args()
+    defaults = {"rollout": [100], "rollback": [30, 100, 300], "probes": [1000], "ssh": [5]}
+    for n in args.nodes or defaults[args.kind]:
+        if args.kind == "rollout":
+            bench_rollout(n, args.forks)
+        elif args.kind == "rollback":
+            bench_rollback(n)
+        elif args.kind == "probes":
+            bench_probes(n)
+        else:
+            bench_ssh(n)
+
+
+if __name__ == "__main__":
+    main()
