@@ -13,63 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleetctl.context import FleetContext
-from fleetctl.errors import ExitCode, FleetError
+from fleetctl.errors import Interrupted
 from fleetctl.executor import Executor, HostResult
 from fleetctl.health import Prober, bake
-from fleetctl.plan import Plan, StagePlan, revert_plan
+from fleetctl.plan import Plan, StagePlan
+from fleetctl.revert import Reverter, run_revert_batch
 from fleetctl.store.runs import RunHost, RunRecord
-
-HEARTBEAT_EVERY = 10.0
-CONTROL_POLL = 0.5
-TOUCHED = ("updating", "verifying", "done", "failed", "rolling_back")
+from fleetctl.watch import Watch
 
 # A checkpoint looks at the run before a batch starts and returns a reason to pause, or None.
 Checkpoint = Callable[[RunRecord, StagePlan, int], str | None]
-
-
-class Interrupted(FleetError):
-    exit_code = ExitCode.INTERRUPTED
-
-
-class Watch:
-    """Background thread for a running run: keeps the lock's heartbeat, and turns an `abort` request
-    from another terminal (or an interrupt here) into a cancel that stops Ansible at once."""
-
-    def __init__(self, ctx: FleetContext, run_id: str, token: str) -> None:
-        self.ctx, self.run_id, self.token = ctx, run_id, token
-        self.cancel = threading.Event()
-        self.preempted = False  # a rollback took over: stop without applying on_failure
-        self.interrupted = False
-        self.lost_lock = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"watch-{run_id}", daemon=True)
-
-    def __enter__(self) -> Watch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def interrupt(self) -> None:
-        self.interrupted = True
-        self.cancel.set()
-
-    def _loop(self) -> None:
-        store = self.ctx.store
-        beat = 0.0
-        while not self._stop.wait(CONTROL_POLL):
-            beat += CONTROL_POLL
-            run = store.runs.get(self.run_id)
-            if run and run.control in ("abort", "preempt") and not self.cancel.is_set():
-                self.preempted = run.control == "preempt"
-                self.cancel.set()
-            if beat >= HEARTBEAT_EVERY:
-                beat = 0.0
-                if not store.locks.heartbeat(self.ctx.lock_name, self.token, self.run_id):
-                    self.lost_lock = True
-                    self.cancel.set()
 
 
 @dataclass
@@ -78,7 +31,7 @@ class _Counters:
     stage_failed: dict[str, int]
 
 
-class Engine:
+class Engine(Reverter):
     def __init__(self, ctx: FleetContext, checkpoints: list[Checkpoint] | None = None) -> None:
         self.ctx = ctx
         self.store = ctx.store
@@ -135,7 +88,7 @@ class Engine:
         )
         prober = self.ctx.prober(executor)
         forks = int(run.options.get("forks") or plan.forks)
-        self.store.runs.update(run.id, status="running", status_reason=None, control=None)
+        self.store.runs.update(run.id, status="running", status_reason=None)  # keep a pause asked for already
         for stage in plan.stages:
             for index, batch in enumerate(stage.batches):
                 states = self._states(run.id)
@@ -174,32 +127,8 @@ class Engine:
                 if plan.kind == "rollout" and not self._gate(run, plan, stage, executor, prober, counters):
                     return
         if plan.kind == "rollback":
-            return self._verify_rollback(run, prober)
+            return self.verify_rollback(run, prober)
         self._finish(run.id, "succeeded")
-
-    def _verify_rollback(self, run: RunRecord, prober: Prober) -> None:
-        """A rollback checks health once, at the end, over every host it rolled back."""
-        rolled = [h for h, s in self._states(run.id).items() if s.state == "rolled_back"]
-        if prober.probes and rolled:
-            self.ctx.emit("bake.started", run.id, stage="rollback", seconds=0, hosts=len(rolled))
-            stop = self.watch.cancel if self.watch else threading.Event()
-            outcome = bake(prober, rolled, duration=0, config=self.ctx.config.health, stop=stop)
-            for host, error in outcome.failed.items():
-                self.store.runs.set_host(
-                    run.id, host, state="failed", error=f"health after rollback: {error}"
-                )
-                self.ctx.emit("host.failed", run.id, host=host, error=error, stage="rollback")
-            for host, (last, worst) in outcome.latency.items():
-                self.store.runs.set_host(run.id, host, probe_ms=last, probe_max_ms=worst)
-            if outcome.stopped and self.watch and self.watch.interrupted:
-                return
-        failed = sum(1 for s in self._states(run.id).values() if s.state == "failed")
-        if failed:
-            self._finish(
-                run.id, "failed", f"{failed} host(s) failed; retry: fleetctl rollback --retry-failed"
-            )
-        else:
-            self._finish(run.id, "succeeded")
 
     def _update_batch(
         self,
@@ -349,55 +278,6 @@ class Engine:
         elif status == "aborted":
             self._finish(run.id, "aborted", reason)
 
-    # -- revert ------------------------------------------------------------------------------------
-    def revert(
-        self, run: RunRecord, plan: Plan, reason: str, executor: Executor | None = None, aborted: bool = False
-    ) -> None:
-        """Every host the run touched goes back to its from-version, wide and without bakes. A version
-        that failed is quarantined; one an operator aborted is not."""
-        executor = executor or self.ctx.executor()
-        if self.watch:
-            self.watch.cancel.clear()
-        states = self._states(run.id)
-        touched = {h: s.from_version for h, s in states.items() if s.state in TOUCHED}
-        targets = {h: v for h, v in touched.items() if v}
-        unknown = self._unchanged_dropped(run, plan, sorted(h for h, v in touched.items() if not v), executor)
-        self.store.runs.set_hosts(run.id, list(targets), "rolling_back")
-        versions = self.store.ledger.versions(plan.component)
-        revert = revert_plan(
-            self.ctx.fleet, self.ctx.config.rollback, versions, targets, component=plan.component
-        )
-        self.ctx.emit("rollback.started", run.id, hosts=len(revert.hosts), reason=reason)
-        done = set(targets) - set(revert.hosts)
-        for batch in (b for s in revert.stages for b in s.batches):
-            results = run_revert_batch(self.ctx, run, revert, batch, executor, self.watch)
-            done.update(h for h, r in results.items() if r.ok and r.version == targets[h])
-            if self.watch and self.watch.cancel.is_set():
-                return
-        self.store.runs.set_hosts(run.id, sorted(done), "rolled_back")
-        if plan.kind == "rollout" and plan.version and not aborted:
-            self.store.quarantine.add(
-                plan.component, plan.version, reason=reason, run_id=run.id, by=run.operator
-            )
-        left = sorted(set(targets) - done) + unknown
-        status = ("aborted" if aborted else "rolled_back") if not left else "failed"
-        note = reason if not left else f"{reason}; rollback incomplete on {len(left)} host(s), e.g. {left[0]}"
-        self._finish(run.id, status, note)
-
-    def _unchanged_dropped(
-        self, run: RunRecord, plan: Plan, hosts: list[str], executor: Executor
-    ) -> list[str]:
-        """Of hosts whose from-version nobody recorded (they failed before reporting), keep those that may
-        have changed: ask them, and drop the ones that do not run the run's target."""
-        if not hosts:
-            return []
-        facts = executor.run("facts.yml", hosts, forks=50, ident=f"{run.id}-facts")
-        reports = {h: r.version for h, r in facts.results.items() if r.ok}
-        self.store.ledger.record(
-            plan.component, reports, source="fleetctl", run_id=run.id, operator=run.operator
-        )
-        return [h for h in hosts if h not in reports or reports[h] == plan.targets.get(h)]
-
     # -- resume support ------------------------------------------------------------------------------
     def _reconcile(self, run: RunRecord, executor: Executor) -> None:
         """Hosts left `updating` by a crash: ask them (facts.yml) what they run and place them again."""
@@ -446,50 +326,3 @@ class Engine:
         run = self.store.runs.get(run_id)
         assert run is not None, run_id
         return run
-
-
-def run_revert_batch(
-    ctx: FleetContext,
-    run: RunRecord,
-    plan: Plan,
-    batch: list[str],
-    executor: Executor,
-    watch: Watch | None,
-    forks: int | None = None,
-) -> dict[str, HostResult]:
-    """One batch of a revert: rollback.yml with each host's own target; journal and ledger per host."""
-    runs = ctx.store.runs
-
-    def record(result: HostResult) -> None:
-        if result.version is not None:
-            ctx.store.ledger.record(
-                plan.component,
-                {result.host: result.version},
-                source="fleetctl",
-                run_id=run.id,
-                operator=run.operator,
-            )
-        if result.status == "cancelled":
-            return
-        target = plan.targets[result.host]
-        if result.ok and result.version == target:
-            runs.set_host(run.id, result.host, state="rolled_back")
-        else:
-            runs.set_host(
-                run.id,
-                result.host,
-                state="failed",
-                error=f"rollback: {result.error or f'reports {result.version}, expected {target}'}",
-            )
-        ctx.emit("host.result", run.id, stage="rollback", kind="rollback", **result.to_json())
-
-    results = executor.run(
-        "rollback.yml",
-        batch,
-        forks=forks or plan.forks,
-        extravars={"fleetctl_targets": {h: plan.targets[h] for h in batch}},
-        on_result=record,
-        cancel=watch.cancel if watch else None,
-        ident=f"{run.id}-rb",
-    )
-    return results.results

@@ -71,5 +71,11 @@ class RunFailed(FleetError):
     """A run ended failed or halted (the journal has the details)."""
 
 
+class Interrupted(FleetError):
+    """Ctrl-C or SIGTERM stopped a run cleanly; the journal says where (resume continues it)."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
 class SimError(UsageError):
     """The simulated fleet cannot be created, started or stopped as asked."""
