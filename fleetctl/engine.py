@@ -17,7 +17,7 @@ from fleetctl.errors import Interrupted
 from fleetctl.executor import Executor, HostResult
 from fleetctl.health import Prober, bake
 from fleetctl.plan import Plan, StagePlan
-from fleetctl.revert import Reverter, run_revert_batch
+from fleetctl.revert import Reverter, record_report, run_revert_batch
 from fleetctl.store.runs import RunHost, RunRecord
 from fleetctl.watch import Watch
 
@@ -142,7 +142,7 @@ class Engine(Reverter):
         counters: _Counters,
         probes: bool,
     ) -> None:
-        runs, ledger = self.store.runs, self.store.ledger
+        runs = self.store.runs
         runs.set_hosts(run.id, hosts, "updating")
         self.ctx.emit(
             "batch.started", run.id, stage=stage.name, batch=index + 1, of=len(stage.batches), hosts=hosts
@@ -151,14 +151,7 @@ class Engine(Reverter):
         def record(result: HostResult) -> None:
             target = plan.targets[result.host]
             values = {"from_version": result.previous} if result.previous else {}
-            if result.version is not None:
-                ledger.record(
-                    plan.component,
-                    {result.host: result.version},
-                    source="fleetctl",
-                    run_id=run.id,
-                    operator=run.operator,
-                )
+            record_report(self.ctx, plan, run, result)
             if result.status == "cancelled":
                 return  # left `updating`: resume or the abort path re-checks it with facts
             if result.ok and result.version == target:
@@ -326,3 +319,46 @@ class Engine(Reverter):
         run = self.store.runs.get(run_id)
         assert run is not None, run_id
         return run
+
+
+def open_run(
+    ctx: FleetContext,
+    plan: Plan,
+    token: str,
+    *,
+    reason: str | None,
+    options: dict,
+    reverts: str | None = None,
+) -> RunRecord:
+    """Journal a new run of `plan` with every host pending, bind the fleet lock to it, announce it."""
+    store = ctx.store
+    hosts = [
+        (h, s.name, i + 1, plan.from_versions.get(h), plan.targets[h])
+        for s in plan.stages
+        for i, b in enumerate(s.batches)
+        for h in b
+    ]
+    run = store.runs.create(
+        kind=plan.kind,
+        component=plan.component,
+        target=plan.version,
+        operator=ctx.who,
+        reason=reason,
+        plan=plan.to_json(),
+        fingerprint=plan.fingerprint,
+        options=options,
+        hosts=hosts,
+        reverts=reverts,
+    )
+    store.locks.heartbeat(ctx.lock_name, token, run.id)
+    ctx.emit(
+        "run.started",
+        run.id,
+        kind=plan.kind,
+        version=plan.version,
+        hosts=len(plan.hosts),
+        stages=[s.name for s in plan.stages],
+        fingerprint=plan.fingerprint,
+        reverts=reverts,
+    )
+    return run

@@ -80,10 +80,11 @@ class Prober:
                 target = self._target(index, probe, host)
                 started = time.monotonic()
                 try:
-                    if probe.kind == "http":
-                        await asyncio.wait_for(_http_check(target, probe), probe.timeout)
-                    else:
-                        await asyncio.wait_for(_tcp_check(target), probe.timeout)
+                    async with asyncio.timeout(probe.timeout):
+                        if probe.kind == "http":
+                            await _http_check(target, probe)
+                        else:
+                            await _tcp_check(target)
                 except TimeoutError:
                     return ProbeResult(
                         host, False, None, f"{probe.kind} {target}: no answer within {probe.timeout:g}s"

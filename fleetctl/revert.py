@@ -19,6 +19,19 @@ if TYPE_CHECKING:
 
     from fleetctl.store import Store
 
+
+def record_report(ctx: FleetContext, plan: Plan, run: RunRecord, result: HostResult) -> None:
+    """The ledger records what a node reports it runs, whatever fleetctl intended."""
+    if result.version is not None:
+        ctx.store.ledger.record(
+            plan.component,
+            {result.host: result.version},
+            source="fleetctl",
+            run_id=run.id,
+            operator=run.operator,
+        )
+
+
 TOUCHED = ("updating", "verifying", "done", "failed", "rolling_back")
 
 
@@ -119,14 +132,7 @@ def run_revert_batch(
     runs = ctx.store.runs
 
     def record(result: HostResult) -> None:
-        if result.version is not None:
-            ctx.store.ledger.record(
-                plan.component,
-                {result.host: result.version},
-                source="fleetctl",
-                run_id=run.id,
-                operator=run.operator,
-            )
+        record_report(ctx, plan, run, result)
         if result.status == "cancelled":
             return
         target = plan.targets[result.host]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from fleetctl import census
 from fleetctl.context import FleetContext
-from fleetctl.engine import Engine
+from fleetctl.engine import Engine, open_run
 from fleetctl.errors import LockedError, UsageError
 from fleetctl.plan import Plan, revert_plan
 from fleetctl.rollout import valid_version
@@ -149,25 +149,7 @@ def start(
         plan = rb.plan
         if not plan.hosts:
             return None
-        hosts = [
-            (h, "rollback", i + 1, plan.from_versions.get(h), plan.targets[h])
-            for s in plan.stages
-            for i, b in enumerate(s.batches)
-            for h in b
-        ]
-        run = store.runs.create(
-            kind="rollback",
-            component=plan.component,
-            target=plan.version,
-            operator=ctx.who,
-            reason=reason,
-            plan=plan.to_json(),
-            fingerprint=plan.fingerprint,
-            options={"forks": plan.forks},
-            hosts=hosts,
-            reverts=rb.reverts,
-        )
-        store.locks.heartbeat(ctx.lock_name, token, run.id)
+        run = open_run(ctx, plan, token, reason=reason, options={"forks": plan.forks}, reverts=rb.reverts)
         store.audit.record(
             "rollback.start",
             run.id,
@@ -176,14 +158,6 @@ def start(
             {"reverts": rb.reverts, "to": plan.version, "hosts": len(plan.hosts)},
         )
         audit_if_frozen(ctx, "rollback", run.id, reason, hosts=plan.hosts)
-        ctx.emit(
-            "run.started",
-            run.id,
-            kind="rollback",
-            version=plan.version,
-            hosts=len(plan.hosts),
-            reverts=rb.reverts,
-        )
         engine = Engine(ctx)
         if engine_ready:
             engine_ready(engine)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fleetctl.context import FleetContext
-from fleetctl.engine import Checkpoint, Engine
+from fleetctl.engine import Checkpoint, Engine, open_run
 from fleetctl.errors import QuarantinedError, UsageError
 from fleetctl.plan import Plan, check_fresh, rollout_plan
 from fleetctl.store.runs import RunRecord
@@ -110,33 +110,7 @@ def start(
     store = ctx.store
     token, _dead = store.locks.acquire(ctx.lock_name, run_id=None, owner=ctx.who)
     try:
-        hosts = [
-            (h, s.name, i + 1, plan.from_versions.get(h), plan.targets[h])
-            for s in plan.stages
-            for i, b in enumerate(s.batches)
-            for h in b
-        ]
-        run = store.runs.create(
-            kind="rollout",
-            component=plan.component,
-            target=plan.version,
-            operator=ctx.who,
-            reason=reason,
-            plan=plan.to_json(),
-            fingerprint=plan.fingerprint,
-            options=options,
-            hosts=hosts,
-        )
-        store.locks.heartbeat(ctx.lock_name, token, run.id)
-        ctx.emit(
-            "run.started",
-            run.id,
-            kind="rollout",
-            version=plan.version,
-            hosts=len(plan.hosts),
-            stages=[s.name for s in plan.stages],
-            fingerprint=plan.fingerprint,
-        )
+        run = open_run(ctx, plan, token, reason=reason, options=options)
         engine = Engine(ctx, checkpoints)
         if engine_ready:
             engine_ready(engine)
