@@ -25,6 +25,10 @@ ANSIBLE_ENV = {
     "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
     "ANSIBLE_SYSTEM_WARNINGS": "False",
     "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True",
+    # Without it, Ansible's paramiko connection asks "continue connecting?" for a host missing from
+    # known_hosts, and nobody answers under ansible-runner: the run would hang. With it the host is
+    # refused at once (unreachable). Harmless for ssh and local.
+    "ANSIBLE_USE_PERSISTENT_CONNECTIONS": "True",
 }
 
 

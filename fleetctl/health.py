@@ -39,7 +39,7 @@ class Prober:
         fleet: Fleet,
         probes: Sequence[Probe],
         executor: Executor | None = None,
-        ssh_runner: Callable[[list[str], str, float], dict[str, tuple[bool, float, str | None]]]
+        ssh_runner: Callable[[list[str], dict[str, str], float], dict[str, tuple[bool, float, str | None]]]
         | None = None,
     ):
         self.fleet = fleet
@@ -62,7 +62,7 @@ class Prober:
             elif probe.kind == "playbook":
                 batch = self._playbook_round(probe, list(hosts))
             else:
-                batch = self._ssh_round(probe, list(hosts))
+                batch = self._ssh_round(index, probe, list(hosts))
             for host, res in batch.items():
                 prev = results[host]
                 latency = max(filter(None, [prev.latency_ms, res.latency_ms]), default=None)
@@ -114,10 +114,11 @@ class Prober:
             for h, r in run.results.items()
         }
 
-    def _ssh_round(self, probe: Probe, hosts: list[str]) -> dict[str, ProbeResult]:
+    def _ssh_round(self, index: int, probe: Probe, hosts: list[str]) -> dict[str, ProbeResult]:
         if self.ssh_runner is None:
             raise RuntimeError("an ssh probe needs fleetctl's SSH client")
-        out = self.ssh_runner(hosts, probe.target, probe.timeout)
+        commands = {h: self._target(index, probe, h) for h in hosts}
+        out = self.ssh_runner(hosts, commands, probe.timeout)
         return {
             h: ProbeResult(h, ok, ms, None if ok else f"ssh `{probe.target}`: {err}")
             for h, (ok, ms, err) in out.items()

@@ -204,7 +204,9 @@ def version_of(result: CommandResult) -> str | None:
 def probe_runner(client: SshClient, fleet: Fleet):  # type: ignore[no-untyped-def]
     """An ssh probe for fleetctl.health.Prober: host -> (ok, latency ms, error)."""
 
-    def run(hosts: list[str], command: str, timeout: float) -> dict[str, tuple[bool, float, str | None]]:
+    def run(
+        hosts: list[str], command: str | dict[str, str], timeout: float
+    ) -> dict[str, tuple[bool, float, str | None]]:
         results = client.run_many(client.targets(fleet, hosts), command, timeout)
         return {h: (r.ok, r.latency_ms, r.error) for h, r in results.items()}
 

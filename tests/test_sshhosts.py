@@ -466,3 +466,37 @@ def test_stale_hosts_of_a_killed_run_are_cleaned_up(tmp_path: Path) -> None:
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         assert info["ns"] not in listed and info["veth"] not in links
         assert not Path("/etc/netns", info["ns"]).exists()
+
+
+def test_detached_hosts_outlive_their_maker_and_close_from_another_process(tmp_path: Path) -> None:
+    """detach(owner) keeps the hosts after the making process exits; SshHosts.load() in another process
+    reaches and closes them; cleanup_stale() leaves them alone while the owner lives."""
+    owner = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    script = textwrap.dedent(
+        f"""
+        import json
+        from pathlib import Path
+        from fleetctl.sim.sshhosts import create_ssh_hosts
+        hs = create_ssh_hosts(Path({str(tmp_path / "det")!r}), ["d1", "d2"])
+        hs.detach({owner.pid})
+        print(json.dumps({{"run_id": hs.run_id, "pids": [h.sshd_pid for h in hs.hosts]}}))
+        """
+    )
+    try:
+        cp = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert cp.returncode == 0, cp.stderr
+        made = json.loads(cp.stdout)
+        assert all(_running(p) for p in made["pids"]), "the hosts died with their maker"
+        assert made["run_id"] not in cleanup_stale()  # the owner still runs
+        hs = SshHosts.load(tmp_path / "det")
+        assert hs.detached and hs.run_id == made["run_id"] and [h.sshd_pid for h in hs.hosts] == made["pids"]
+        for h in hs.hosts:
+            assert _ssh(hs, h, "true").returncode == 0
+        hs.close()
+        assert not any(_running(p) for p in made["pids"])
+        assert not (tmp_path / "det" / "hosts.json").exists()
+        with pytest.raises(SimError, match="no running SSH test hosts"):
+            SshHosts.load(tmp_path / "det")
+    finally:
+        owner.kill()
+        owner.wait()

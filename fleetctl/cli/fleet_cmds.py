@@ -78,7 +78,8 @@ def versions(
         }
         if refresh:
             doc["unreachable"] = [{"host": h, "error": e} for h, e in unreachable.items()]
-        return print_json(doc)
+        print_json(doc)
+        raise typer.Exit(1 if unreachable else 0)
     summary = table("VERSION", "HOSTS")
     for v, n in counts.items():
         summary.add_row(v, str(n))

@@ -1,4 +1,4 @@
-"""`fleetctl sim`: create, inspect and stop a simulated fleet on loopback."""
+"""`fleetctl sim`: create, inspect and stop a simulated fleet on loopback, or on real SSH test hosts."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from fleetctl.sim import fleet
 from fleetctl.units import parse_duration
 
 app = typer.Typer(
-    help="A simulated fleet on loopback (real node directories, real HTTP controllers) to try fleetctl on.",
+    help="A simulated fleet (real node directories, real HTTP controllers, optionally real SSH hosts) to try "
+    "fleetctl on.",
     no_args_is_help=True,
 )
 
@@ -46,6 +47,21 @@ def up(
             help="How long after a (re)start the faulty 2.0.0 build's API blocks, e.g. 20s (the default).",
         ),
     ] = None,
+    ssh: Annotated[
+        bool,
+        typer.Option(
+            "--ssh",
+            help="Make every node a real SSH host (sshd in its own network namespace; needs root, else "
+            "sshd on loopback addresses) reached over SSH with host keys checked. Stays on for this --dir.",
+        ),
+    ] = False,
+    connection: Annotated[
+        str | None,
+        typer.Option(
+            "--connection",
+            help="With --ssh: Ansible's connection to the nodes, ssh (OpenSSH, the default) or paramiko.",
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Create a simulated fleet (all nodes at 1.0.0) and start it, or start a stopped one again."""
@@ -55,12 +71,31 @@ def up(
             seconds = parse_duration(hang_after)
         except ValueError as exc:
             raise SimError(f"--hang-after: {exc}") from None
-    info = fleet.create(dir, nodes, seconds)
+    if connection is not None and connection not in fleet.CONNECTIONS:
+        raise SimError(f"--connection must be ssh or paramiko, not {connection!r}")
+    if connection is not None and not ssh and not _is_ssh_sim(dir):
+        raise SimError("--connection needs --ssh", hint="add --ssh")
+    info = fleet.create(dir, nodes, seconds, ssh=ssh, connection=connection)
     if json_out:
         _print_json(info.to_json())
         return
     out = Console()
     out.print(f"Simulated fleet of {len(info.nodes)} nodes running in {info.dir} (port {info.port}).")
+    if info.ssh_mode == "netns":
+        out.print(
+            f"  SSH hosts: netns mode (each node in its own network namespace, sshd on port 22);"
+            f" Ansible connects with {info.connection}, host keys checked.",
+            highlight=False,
+        )
+    elif info.ssh_mode:
+        out.print(
+            f"  SSH hosts: {info.ssh_mode} mode (FALLBACK, no network namespaces: {info.fallback_reason});"
+            f" sshd on loopback addresses, links cannot be cut. Ansible connects with {info.connection}.",
+            highlight=False,
+        )
+    if info.ssh_mode:
+        first = info.nodes[0]
+        out.print(f"  try: ssh -F {info.ssh_dir / 'ssh_config'} {first.name}", highlight=False)
     out.print(f"  inventory  {info.inventory}\n  config     {info.config}")
     out.print(f"  2.0.0 is the faulty build: its API blocks {info.hang_after:g}s after a restart.")
     out.print("Point fleetctl at it:")
@@ -91,6 +126,15 @@ def status(dir: DirOption = Path("sim"), json_out: JsonOption = False) -> None:
                     for n in nodes
                 ],
                 "counts": dict(sorted(counts.items())),
+                **(
+                    {
+                        "ssh_mode": info.ssh_mode,
+                        "fallback_reason": info.fallback_reason,
+                        "connection": info.connection,
+                    }
+                    if info.ssh_mode
+                    else {}
+                ),
             }
         )
         return
@@ -105,15 +149,31 @@ def status(dir: DirOption = Path("sim"), json_out: JsonOption = False) -> None:
     census = ", ".join(f"{v}: {c}" for v, c in sorted(counts.items()))
     healthy = sum(n.healthy for n in nodes)
     out.print(f"{info.dir}: {state}; versions {census}; healthy {healthy}/{len(nodes)}", highlight=False)
+    if info.ssh_mode:
+        why = f" (fallback: {info.fallback_reason})" if info.fallback_reason else ""
+        out.print(f"SSH hosts: {info.ssh_mode} mode{why}, connection {info.connection}", highlight=False)
 
 
 @app.command()
 def down(dir: DirOption = Path("sim"), json_out: JsonOption = False) -> None:
-    """Stop the simulated fleet's server. Files stay on disk; `sim up` starts it again as it was."""
+    """Stop the simulated fleet's server (and tear down its SSH hosts). Files stay on disk; `sim up` starts
+    it again as it was (an ssh sim gets new SSH hosts)."""
+    had_hosts = fleet.ssh_hosts(dir) is not None
     pid = fleet.stop(dir)
     if json_out:
-        _print_json({"dir": str(dir), "stopped": pid is not None, "pid": pid})
-    elif pid is None:
-        Console().print(f"No simulated fleet is running in {dir}.", highlight=False)
-    else:
-        Console().print(f"Stopped the simulated fleet in {dir} (pid {pid}).", highlight=False)
+        extra = {"ssh_hosts_removed": True} if had_hosts else {}
+        _print_json({"dir": str(dir), "stopped": pid is not None, "pid": pid, **extra})
+        return
+    what = (
+        f"Stopped the simulated fleet in {dir} (pid {pid})"
+        if pid
+        else f"No simulated fleet is running in {dir}"
+    )
+    Console().print(what + (", removed its SSH hosts." if had_hosts else "."), highlight=False)
+
+
+def _is_ssh_sim(dir: Path) -> bool:
+    try:
+        return fleet.load(dir).ssh_mode is not None
+    except SimError:
+        return False

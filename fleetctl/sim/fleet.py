@@ -4,6 +4,13 @@ A sim directory D holds sim.json (port, control socket, nodes), the release arti
 (releases/<version>/ and a relative `current` symlink), and an inventory.yml + fleet.yml that point
 fleetctl at it. One background process (fleetctl.sim.server) serves every node's controller API on its
 own loopback address; see that module for the protocol.
+
+With `ssh=True` every node is also a real SSH host (fleetctl.sim.sshhosts, files in D/ssh): sshd in its
+own network namespace, the node's address is the host's, its controller listens inside that namespace
+(still one server process), and the inventory reaches the nodes over `ansible_connection: ssh` or
+`paramiko` with host keys checked. The hosts are handed to the server process, so they outlive the
+process that ran create(); stop() tears them down. Without namespaces they fall back to sshd on loopback
+addresses (`ssh_mode` "loopback", `fallback_reason` says why). sshsim.py holds the ssh-specific parts.
 """
 
 from __future__ import annotations
@@ -24,7 +31,11 @@ from typing import Any
 import yaml
 
 from fleetctl.errors import SimError
-from fleetctl.sim import artifacts, server
+from fleetctl.sim import artifacts, server, sshsim
+from fleetctl.sim.sshhosts import SshHosts
+from fleetctl.sim.sshsim import CONNECTIONS, SSH_DIR
+from fleetctl.sim.sshsim import MAX_SSH_NODES as MAX_SSH_NODES  # re-exported
+from fleetctl.sim.sshsim import SSH_PORT as SSH_PORT  # re-exported
 
 MAX_NODES = 5000
 DEFAULT_NODES = 10
@@ -44,6 +55,7 @@ class SimNode:
     address: str
     root: Path
     zone: str
+    netns: str | None = None  # the node's network namespace (ssh sims in netns mode)
 
 
 @dataclass(frozen=True)
@@ -54,14 +66,29 @@ class SimInfo:
     port: int
     nodes: list[SimNode]
     hang_after: float
+    ssh_mode: str | None = None  # None: ansible_connection local; "netns" | "loopback": real SSH hosts
+    fallback_reason: str | None = None  # why an ssh sim runs in loopback mode
+    connection: str = "local"  # the inventory's ansible_connection: local, ssh or paramiko
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.dir / SSH_DIR
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "dir": str(self.dir),
             "config": str(self.config),
             "inventory": str(self.inventory),
             "nodes": len(self.nodes),
         }
+        if self.ssh_mode:
+            out.update(
+                port=self.port,
+                ssh_mode=self.ssh_mode,
+                fallback_reason=self.fallback_reason,
+                connection=self.connection,
+            )
+        return out
 
 
 @dataclass(frozen=True)
@@ -129,27 +156,38 @@ def fleet_config(hang_after: float) -> dict[str, Any]:
     # fmt: on
 
 
-def inventory_data(info: SimInfo) -> dict[str, Any]:
-    """The Ansible YAML inventory of a sim: ring groups, zone groups, connection and node vars."""
+def inventory_data(info: SimInfo, hosts: SshHosts | None = None) -> dict[str, Any]:
+    """The Ansible YAML inventory of a sim: ring groups, zone groups, connection and node vars.
+
+    With `hosts` (an ssh sim) every node is reached over `info.connection` (ssh or paramiko) with the host's
+    address, user, key and known_hosts (host keys checked); otherwise over `ansible_connection: local`.
+    """
     names = [n.name for n in info.nodes]
     children: dict[str, Any] = {g: {"hosts": dict.fromkeys(m)} for g, m in rings(names).items()}
     for zone in ZONES:
         members = [n.name for n in info.nodes if n.zone == zone]
         if members:
             children[f"zone_{zone}"] = {"hosts": dict.fromkeys(members)}
+    common: dict[str, Any] = {
+        "hc_port": info.port,
+        "hc_service_manager": "sim",
+        "hc_sim_socket": str(info.dir / "sim.sock"),
+        "hc_artifact_base_url": f"file://{info.dir / 'artifacts'}",
+    }
+    if hosts is None:
+        common = {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+            **common,
+        }
+        node_vars = {n.name: {"ansible_host": n.address} for n in info.nodes}
+    else:
+        node_vars = sshsim.node_vars(hosts, [n.name for n in info.nodes], info.connection)
     return {
         "all": {
-            "vars": {
-                "ansible_connection": "local",
-                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-                "hc_port": info.port,
-                "hc_service_manager": "sim",
-                "hc_sim_socket": str(info.dir / "sim.sock"),
-                "hc_artifact_base_url": f"file://{info.dir / 'artifacts'}",
-            },
+            "vars": common,
             "hosts": {
-                n.name: {"ansible_host": n.address, "hc_root": str(n.root), "zone": n.zone}
-                for n in info.nodes
+                n.name: {**node_vars[n.name], "hc_root": str(n.root), "zone": n.zone} for n in info.nodes
             },
             "children": children,
         }
@@ -157,7 +195,15 @@ def inventory_data(info: SimInfo) -> dict[str, Any]:
 
 
 # -- lifecycle -----------------------------------------------------------------------------------
-def create(dir: Path, nodes: int | None = None, hang_after: float | None = None) -> SimInfo:
+def create(
+    dir: Path,
+    nodes: int | None = None,
+    hang_after: float | None = None,
+    ssh: bool = False,
+    connection: str | None = None,
+    *,
+    netns: bool | None = None,
+) -> SimInfo:
     """Create a simulated fleet of `nodes` nodes in `dir`, all at 1.0.0, and start its server.
 
     Refuses when a sim already runs in `dir`. When `dir` already holds a stopped sim, it is started
@@ -165,8 +211,16 @@ def create(dir: Path, nodes: int | None = None, hang_after: float | None = None)
     a different `hang_after` rebuilds the 2.0.0 artifact and fleet.yml (releases already unpacked on
     nodes keep their own manifest). A non-empty `dir` that holds no sim is refused. `nodes` defaults
     to 10 for a new sim and `hang_after` (seconds until the 2.0.0 build's API blocks) to 20.
+
+    `ssh`: every node is a real SSH host (see the module docstring), reached over `connection` ("ssh",
+    the default, or "paramiko"). An ssh sim stays one: starting it again makes new SSH hosts (new
+    addresses and host keys) and keeps the recorded connection unless `connection` says otherwise.
+    `netns` (ssh sims): None = namespaces when possible, else loopback; True = namespaces or fail;
+    False = loopback (to test the fallback).
     """
     d = Path(dir).expanduser().resolve()
+    if connection is not None and connection not in CONNECTIONS:
+        raise SimError(f"connection must be one of {', '.join(CONNECTIONS)}, not {connection!r}")
     if hang_after is not None and (hang_after < 0 or not math.isfinite(hang_after)):
         raise SimError(f"hang-after must be a positive duration, not {hang_after}")
     if nodes is not None and not 1 <= nodes <= MAX_NODES:
@@ -190,6 +244,8 @@ def create(dir: Path, nodes: int | None = None, hang_after: float | None = None)
                 f"{d} already holds a simulated fleet of {len(meta['nodes'])} nodes, not {nodes}",
                 hint=f"start it with --nodes {len(meta['nodes'])}, or remove {d} / choose another --dir",
             )
+        ssh = ssh or bool(meta.get("ssh_mode"))
+        sshsim.check_size(ssh, len(meta["nodes"]))
         new_hang = old_hang if hang_after is None else hang_after
         if new_hang != old_hang:
             meta["hang_after"] = new_hang
@@ -199,29 +255,40 @@ def create(dir: Path, nodes: int | None = None, hang_after: float | None = None)
     else:
         if d.exists() and (not d.is_dir() or any(d.iterdir())):
             raise SimError(f"{d} exists and is not a simulated fleet", hint="choose a new or empty --dir")
+        sshsim.check_size(ssh, nodes or DEFAULT_NODES)
         _build(d, nodes or DEFAULT_NODES, DEFAULT_HANG_AFTER if hang_after is None else hang_after)
         rewrite_config = True
-    _start_server(d)
+    hosts = _start_ssh_hosts(d, connection, netns) if ssh else None
+    try:
+        pid = _start_server(d)
+        if hosts is not None:
+            hosts.detach(pid)  # the hosts now live as long as the server; stop() tears both down
+    except BaseException:
+        if hosts is not None:
+            with contextlib.suppress(Exception):
+                stop(d)
+            hosts.close()
+        raise
     info = load(d)
-    _write_yaml(
-        d / "inventory.yml",
-        inventory_data(info),
-        f"Ansible inventory of the simulated fleet in {d} (generated by `fleetctl sim up`).",
+    _write_inventory(info, hosts)
+    header = (
+        f"fleetctl config generated for the simulated fleet in {d} by `fleetctl sim up`.\n"
+        f"Use it with: export FLEETCTL_CONFIG={d / 'fleet.yml'}"
     )
-    if rewrite_config:
-        _write_yaml(
-            d / "fleet.yml",
-            fleet_config(info.hang_after),
-            f"fleetctl config generated for the simulated fleet in {d} by `fleetctl sim up`.\n"
-            f"Use it with: export FLEETCTL_CONFIG={d / 'fleet.yml'}",
-        )
+    if rewrite_config or hosts is not None:
+        config = fleet_config(info.hang_after) if rewrite_config else _read_yaml(d / "fleet.yml")
+        if hosts is not None:  # paths are stable, but a plain sim started with ssh needs the sections
+            config.update(sshsim.fleet_config(d, hosts))
+        _write_yaml(d / "fleet.yml", config, header)
     return info
 
 
 def load(dir: Path) -> SimInfo:
     d = Path(dir).expanduser().resolve()
     meta = _read_meta(d)
-    nodes = [SimNode(n["name"], n["address"], Path(n["root"]), n["zone"]) for n in meta["nodes"]]
+    nodes = [
+        SimNode(n["name"], n["address"], Path(n["root"]), n["zone"], n.get("netns")) for n in meta["nodes"]
+    ]
     return SimInfo(
         d,
         d / "fleet.yml",
@@ -229,7 +296,36 @@ def load(dir: Path) -> SimInfo:
         int(meta["port"]),
         nodes,
         float(meta.get("hang_after", DEFAULT_HANG_AFTER)),
+        meta.get("ssh_mode"),
+        meta.get("fallback_reason"),
+        meta.get("connection") or "local",
     )
+
+
+def set_connection(dir: Path, connection: str) -> SimInfo:
+    """Point a running ssh sim's inventory at another Ansible connection (ssh or paramiko); no restart."""
+    d = Path(dir).expanduser().resolve()
+    if connection not in CONNECTIONS:
+        raise SimError(f"connection must be one of {', '.join(CONNECTIONS)}, not {connection!r}")
+    hosts = ssh_hosts(d)
+    if hosts is None:
+        raise SimError(f"{d} runs no SSH hosts", hint=f"start it with `fleetctl sim up --ssh --dir {d}`")
+    meta = _read_meta(d)
+    meta["connection"] = connection
+    _write_json(d / "sim.json", meta)
+    info = load(d)
+    _write_inventory(info, hosts)
+    return info
+
+
+def ssh_hosts(dir: Path) -> SshHosts | None:
+    """A handle on the running SSH hosts of an ssh sim (cut_link, restore_link, rotate_host_key, ssh_argv,
+    popen_on, ...), or None when `dir` runs none. The handle does not own them: close() on it tears them
+    down for everyone; stop() does that as well."""
+    d = Path(dir).expanduser().resolve()
+    if not (d / SSH_DIR / "hosts.json").exists():
+        return None
+    return SshHosts.load(d / SSH_DIR)
 
 
 def is_running(dir: Path) -> int | None:
@@ -242,7 +338,8 @@ def is_running(dir: Path) -> int | None:
 
 
 def stop(dir: Path) -> int | None:
-    """Stop the sim server (SIGTERM, then SIGKILL after 10 s). Returns its pid, or None if none ran."""
+    """Stop the sim server (SIGTERM, then SIGKILL after 10 s) and, for an ssh sim, tear its SSH hosts down
+    (sshd processes, namespaces, veths). Returns the server's pid, or None if none ran."""
     d = Path(dir).expanduser().resolve()
     pid = is_running(d)
     if pid:
@@ -255,6 +352,9 @@ def stop(dir: Path) -> int | None:
     for stale in (d / "sim.pid", d / "sim.sock"):
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
+    hosts = ssh_hosts(d)
+    if hosts is not None:
+        hosts.close()
     return pid
 
 
@@ -323,7 +423,32 @@ def _build(d: Path, count: int, hang_after: float) -> None:
     )
 
 
-def _start_server(d: Path) -> None:
+def _start_ssh_hosts(d: Path, connection: str | None, netns: bool | None) -> SshHosts:
+    """Make one SSH host per node (new addresses and keys; hosts of an earlier run whose server died are
+    torn down first) and record them in sim.json."""
+    with contextlib.suppress(SimError):
+        old = ssh_hosts(d)
+        if old is not None:
+            old.close()
+    meta = _read_meta(d)
+    hosts = sshsim.make_hosts(d, meta, connection, netns)
+    try:
+        _write_json(d / "sim.json", meta)
+    except BaseException:
+        hosts.close()
+        raise
+    return hosts
+
+
+def _write_inventory(info: SimInfo, hosts: SshHosts | None) -> None:
+    _write_yaml(
+        info.inventory,
+        inventory_data(info, hosts),
+        f"Ansible inventory of the simulated fleet in {info.dir} (generated by `fleetctl sim up`).",
+    )
+
+
+def _start_server(d: Path) -> int:
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[2])  # so the server imports this very fleetctl
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
@@ -348,7 +473,7 @@ def _start_server(d: Path) -> None:
         if is_running(d) == proc.pid:
             with contextlib.suppress(SimError):
                 if control(d, "ping", timeout=2.0) == "pong":
-                    return
+                    return proc.pid
         time.sleep(0.05)
     proc.kill()
     proc.wait()
@@ -402,6 +527,14 @@ def _read_meta(d: Path) -> dict[str, Any]:
         ) from None
     except ValueError as exc:
         raise SimError(f"{d / 'sim.json'} is not valid JSON: {exc}") from exc
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SimError(f"cannot read {path}: {exc}") from exc
+    return doc if isinstance(doc, dict) else {}
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno as errno_mod
 import ipaddress
 import os
 import random
@@ -38,6 +37,10 @@ NETNS_RUN_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
 
 
+class NamespaceError(OSError):
+    """A network namespace cannot be entered (or left again)."""
+
+
 def ip_bin() -> str | None:
     return which("ip", "/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip")
 
@@ -49,7 +52,7 @@ def _setns(fd: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"setns(CLONE_NEWNET): {os.strerror(err)}")
+        raise NamespaceError(err, f"setns(CLONE_NEWNET): {os.strerror(err)}")
 
 
 @contextlib.contextmanager
@@ -58,7 +61,8 @@ def entered(name: str, home_fd: int | None = None) -> Iterator[None]:
     to the namespace of `home_fd` (an open ``/proc/thread-self/ns/net``; default: the thread's current one).
 
     Namespace membership is per thread: create and bind sockets inside, serve them from anywhere.
-    Failing to return is fatal for the caller (the thread would stay in the wrong namespace): that raises.
+    Raises NamespaceError when the namespace cannot be entered, or when the thread cannot return (fatal
+    for the caller: the thread stays in the wrong namespace).
     """
     own = None
     if home_fd is None:
@@ -67,12 +71,14 @@ def entered(name: str, home_fd: int | None = None) -> Iterator[None]:
     try:
         try:
             target = os.open(NETNS_RUN_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise OSError(
-                errno_mod.ENOENT, f"no network namespace {name!r} ({NETNS_RUN_DIR / name})"
-            ) from None
+        except OSError as exc:
+            raise NamespaceError(exc.errno, f"no network namespace {name!r}: {exc.strerror}") from None
         try:
             _setns(target)
+        except NamespaceError as exc:
+            raise NamespaceError(
+                exc.errno, f"cannot enter network namespace {name!r}: {exc.strerror}"
+            ) from None
         finally:
             os.close(target)
         try:

@@ -2,8 +2,12 @@
 
     python -m fleetctl.sim.server --dir D
 
-Each node gets a listening socket on its own loopback address (all on one port) and answers
-`GET /health` and `GET /version`. What a node does comes only from the manifest of the release it runs
+Each node gets a listening socket on its own address (all on one port) and answers `GET /health` and
+`GET /version`. A node whose sim.json entry names a network namespace (`"netns": "<ip netns name>"`, the
+SSH test hosts of `fleetctl sim up --ssh`) gets its socket created and bound inside that namespace (this
+thread enters it with setns(2) and returns at once; a socket keeps the namespace it was made in), so its
+controller answers on the host's address like a service running on that host, and still one process
+serves them all. What a node does comes only from the manifest of the release it runs
 (`<root>/current/manifest.json`, read at start and at every restart): a release with `hang_after` makes the
 API block that many seconds after the node's (re)start, like the build that once took a fleet down.
 The unix socket D/sim.sock is the service manager (`restart <node>`, `status`, `ping`), separate from the
@@ -32,6 +36,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleetctl.sim import netns
+
 log = logging.getLogger("fleetctl.sim.server")
 
 HANG_HOLD = 600.0  # a blocked API holds a connection at most this long
@@ -49,6 +55,7 @@ class Node:
     name: str
     address: str
     root: Path
+    netns: str | None = None  # the network namespace its socket listens in (None: this process's)
     version: str | None = None
     hang_after: float | None = None
     started_at: float = 0.0
@@ -95,7 +102,14 @@ class SimServer:
         self.meta = json.loads(self.meta_path.read_text())
         self.sock_path = Path(self.meta["socket"])
         self.pid_path = directory / "sim.pid"
-        self.nodes = {n["name"]: Node(n["name"], n["address"], Path(n["root"])) for n in self.meta["nodes"]}
+        self.nodes = {
+            n["name"]: Node(n["name"], n["address"], Path(n["root"]), n.get("netns"))
+            for n in self.meta["nodes"]
+        }
+        # the namespace this (main) thread started in, to return to after binding inside a node's
+        self.home_ns: int | None = None
+        if any(n.netns for n in self.nodes.values()):
+            self.home_ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.servers: list[asyncio.AbstractServer] = []
         self.stopping = asyncio.Event()
 
@@ -130,17 +144,34 @@ class SimServer:
         socks: list[socket.socket] = []
         try:
             for node in self.nodes.values():
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind((node.address, port))
-                s.listen(128)
-                s.setblocking(False)
-        except OSError:
+                socks.append(self._listen_for(node, port))
+        except BaseException:
             for s in socks:
                 s.close()
             raise
         return socks
+
+    def _listen_for(self, node: Node, port: int) -> socket.socket:
+        if node.netns is None:
+            return self._listen(node.address, port)
+        try:
+            with netns.entered(node.netns, self.home_ns):
+                return self._listen(node.address, port)
+        except netns.NamespaceError as exc:
+            raise StartupError(f"{node.name}: {exc}") from exc
+
+    @staticmethod
+    def _listen(address: str, port: int) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((address, port))
+            s.listen(128)
+            s.setblocking(False)
+        except OSError:
+            s.close()
+            raise
+        return s
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
