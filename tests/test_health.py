@@ -304,18 +304,24 @@ def test_playbook_and_ssh_probes_need_their_runner(tmp_path: Path) -> None:
 
 def test_ssh_probe_results_through_runner(tmp_path: Path) -> None:
     fleet = make_fleet(tmp_path, {"a": 1, "b": 2})
-    calls: list[tuple[list[str], str, float]] = []
+    calls: list[tuple[list[str], dict[str, str], float]] = []
 
-    def runner(hosts: list[str], command: str, timeout: float) -> dict[str, tuple[bool, float, str | None]]:
-        calls.append((hosts, command, timeout))
+    def runner(
+        hosts: list[str], commands: dict[str, str], timeout: float
+    ) -> dict[str, tuple[bool, float, str | None]]:
+        calls.append((hosts, commands, timeout))
         return {"a": (True, 3.0, None), "b": (False, 7.0, "exit 3")}
 
-    results = Prober(fleet, [Probe(ssh="systemctl is-active hc", timeout=1)], ssh_runner=runner).round(
-        ["a", "b"]
-    )
-    assert calls == [(["a", "b"], "systemctl is-active hc", 1.0)]
+    probe = Probe(ssh="systemctl is-active hc --port {{ hc_port }}", timeout=1)
+    results = Prober(fleet, [probe], ssh_runner=runner).round(["a", "b"])
+    # each host gets its own command, rendered with its own variables
+    assert calls == [
+        (["a", "b"], {"a": "systemctl is-active hc --port 1", "b": "systemctl is-active hc --port 2"}, 1.0)
+    ]
     assert results["a"] == ProbeResult("a", True, 3.0, None)
-    assert results["b"] == ProbeResult("b", False, 7.0, "ssh `systemctl is-active hc`: exit 3")
+    assert results["b"] == ProbeResult(
+        "b", False, 7.0, "ssh `systemctl is-active hc --port {{ hc_port }}`: exit 3"
+    )
 
 
 # --- bake ------------------------------------------------------------------------------------------------

@@ -220,3 +220,28 @@ def test_status_watch_follows_a_run_to_its_end(make_sim: Callable[..., Sim], cli
     assert proc.wait(timeout=60) == 0
     assert lines[-1]["run"]["status"] == status
     assert len(lines) >= 2  # it showed progress, not only the end
+
+
+def test_playbook_probe_gates_through_ansible(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    """The `playbook` probe kind runs health.yml through ansible-runner: it passes a healthy build and
+    fails the hanging one."""
+    sim = make_sim(
+        hang_after=1.0,
+        stages=[
+            {"name": "canary", "hosts": "canary", "batch": 1, "bake": "4s", "max_failures": 0},
+        ],
+    )
+    sim.write_config(
+        health={
+            "interval": "1s",
+            "failures_to_fail": 2,
+            "probes": [{"playbook": "health.yml", "timeout": "2s"}],
+        }
+    )
+    assert cli.json_lines("rollout 1.1.0 --yes --json", env=sim.env)[-1]["status"] == "succeeded"
+    result = cli("rollout 2.0.0 --yes --json", env=sim.env, code=1)
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["status"] == "rolled_back"
+    doc = cli.json("status --json", env=sim.env)
+    assert "playbook probe" in (doc["hosts"][0]["error"] or "")
+    assert sim.current()["node-001"] == "1.1.0"
