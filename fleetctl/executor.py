@@ -108,6 +108,7 @@ class Executor:
         if not hosts:
             return Execution(playbook, "successful", 0, results)
         s.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _remove_orphans(s.work_dir)
         limit_file = s.work_dir / f"limit-{os.getpid()}-{threading.get_ident()}"
         limit_file.write_text("".join(f"{h}\n" for h in hosts))
         # Extra vars go through a private file, not the command line (which `ps` shows to everyone).
@@ -202,6 +203,14 @@ class _Tracker:
     version: str | None = None
     previous: str | None = None
     changed: bool = False
+
+
+def _remove_orphans(work_dir: Path) -> None:
+    """Limit and vars files of a process that died (kill -9) before it could remove them."""
+    for path in list(work_dir.glob("limit-*")) + list(work_dir.glob("vars-*")):
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            path.unlink(missing_ok=True)
 
 
 def _path_with_ansible() -> str:

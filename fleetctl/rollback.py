@@ -150,6 +150,7 @@ def start(
         if not plan.hosts:
             return None
         run = open_run(ctx, plan, token, reason=reason, options={"forks": plan.forks}, reverts=rb.reverts)
+        supersede_rollouts(ctx, run.id)
         store.audit.record(
             "rollback.start",
             run.id,
@@ -164,6 +165,18 @@ def start(
         return engine.execute(run.id, token)
     finally:
         store.locks.release(ctx.lock_name, token)
+
+
+def supersede_rollouts(ctx: FleetContext, rollback_id: str) -> None:
+    """A rollout left paused or interrupted must not be resumed after a rollback: it ends `aborted`."""
+    from fleetctl.control import resumable
+
+    for run in ctx.store.runs.list(limit=50, kind="rollout", statuses=("paused", "interrupted", "running")):
+        if resumable(ctx, run):
+            ctx.store.runs.update(
+                run.id, status="aborted", status_reason=f"superseded by rollback {rollback_id}"
+            )
+            ctx.store.audit.record("run.superseded", run.id, f"rollback {rollback_id}", ctx.who)
 
 
 def retry_failed(ctx: FleetContext, engine_ready: Callable[[Engine], None] | None = None) -> RunRecord:

@@ -130,3 +130,23 @@ def test_retry_failed_hosts(make_sim: Callable[..., Sim], cli: Cli) -> None:
     lines = cli.json_lines("rollback --retry-failed --yes --json", env=sim.env)
     assert lines[-1]["status"] == "succeeded" and sorted(lines[-1]["succeeded"]) == sim.nodes
     assert set(sim.current().values()) == {"1.2.0"}
+
+
+def test_a_rollback_supersedes_a_paused_rollout(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    """After a rollback, the rollout it reverted cannot be resumed by accident."""
+    sim = make_sim(
+        stages=[
+            {"name": "canary", "hosts": "canary", "batch": 1, "bake": "3s", "max_failures": 0},
+            {"name": "rest", "hosts": "all", "batch": "100%", "bake": "0s"},
+        ]
+    )
+    proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
+    wait_for(lambda: host_states(run_status(sim)).get("node-001") == "verifying", what="canary bake")
+    cli("pause", env=sim.env)
+    assert proc.wait(timeout=60) == 0
+    rollout_id = cli.json("status --json", env=sim.env)["run"]["id"]
+    cli("rollback --yes", env=sim.env)
+    assert set(sim.current().values()) == {"1.0.0"}
+    runs = {r["id"]: r for r in cli.json("runs --json", env=sim.env)["runs"]}
+    assert runs[rollout_id]["status"] == "aborted" and "superseded by rollback" in runs[rollout_id]["reason"]
+    assert "no paused or interrupted run" in cli("resume --yes", env=sim.env, code=2).stderr
