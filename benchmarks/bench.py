@@ -99,43 +99,71 @@ def record(kind: str, row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
-def bench_rollout(nodes: int, forks: int) -> None:
-    """Same playbook, same forks, same hosts: fleetctl's overhead over plain ansible-playbook."""
+def refresh(info: simfleet.SimInfo) -> None:
+    """Untimed: let the ledger see what plain ansible-playbook changed behind fleetctl's back."""
+    fleetctl(info, "versions", "--refresh")
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return round(xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2, 2)
+
+
+def bench_rollout(nodes: int, forks: int, repeats: int = 2) -> None:
+    """Same playbook, same forks, same hosts, interleaved: fleetctl's overhead over plain ansible-playbook.
+    The first pair installs the releases (warm-up, reported apart); measured pairs switch between them."""
     info = make_sim(nodes, forks)
     try:
-        fc = fleetctl(info, "rollout", "1.1.0", "--yes", "--forks", str(forks))
-        assert versions(info) == {"1.1.0"}
-        ap = playbook(info, "update.yml", forks, "-e", "hc_version=1.2.0")
-        assert versions(info) == {"1.2.0"}
-        fc2 = fleetctl(info, "rollout", "1.1.0", "--yes", "--forks", str(forks))  # again, to even out order
-        ap2 = playbook(info, "update.yml", forks, "-e", "hc_version=1.2.0")
-        f, a = (fc + fc2) / 2, (ap + ap2) / 2
+        warm = [
+            fleetctl(info, "rollout", "1.1.0", "--yes", "--forks", str(forks)),
+            playbook(info, "update.yml", forks, "-e", "hc_version=1.2.0"),
+        ]
+        fc, ap = [], []
+        for _ in range(repeats):
+            refresh(info)
+            fc.append(fleetctl(info, "rollout", "1.1.0", "--yes", "--forks", str(forks)))
+            assert versions(info) == {"1.1.0"}
+            ap.append(playbook(info, "update.yml", forks, "-e", "hc_version=1.2.0"))
+            assert versions(info) == {"1.2.0"}
+        f, a = median(fc), median(ap)
         record(
             "rollout",
             {
                 "nodes": nodes,
                 "forks": forks,
-                "fleetctl_s": round(f, 2),
-                "ansible_playbook_s": round(a, 2),
+                "fleetctl_s": f,
+                "ansible_playbook_s": a,
                 "ratio": round(f / a, 3),
-                "runs": [round(x, 2) for x in (fc, ap, fc2, ap2)],
+                "fleetctl_runs": fc,
+                "ansible_playbook_runs": ap,
+                "first_install_runs": [round(x, 2) for x in warm],
             },
         )
     finally:
         simfleet.stop(info.dir)
 
 
-def bench_rollback(nodes: int) -> None:
-    """The incident: 2.0.0 pushed wide (forks 10, one 100% batch, no bake), then one `fleetctl rollback`."""
+def bench_rollback(nodes: int, repeats: int = 2) -> None:
+    """The incident: 2.0.0 pushed wide (forks 10, one 100% batch, no bake), then one `fleetctl rollback`;
+    then fleetctl's rollback against plain `ansible-playbook rollback.yml` (same forks), interleaved."""
     info = make_sim(nodes, 10)
     try:
         push = fleetctl(info, "rollout", "2.0.0", "--yes", "--forks", "10")
         assert versions(info) == {"2.0.0"}
         back = fleetctl(info, "rollback", "--yes")
         assert versions(info) == {"1.0.0"}
-        fleetctl(info, "rollout", "2.0.0", "--yes", "--forks", "10")
-        plain = playbook(info, "rollback.yml", 50, "-e", "hc_rollback_version=1.0.0")
-        assert versions(info) == {"1.0.0"}
+        fc, plain = [back], []
+        for i in range(repeats):
+            playbook(info, "rollback.yml", 50, "-e", "hc_rollback_version=2.0.0")  # untimed: back to 2.0.0
+            plain.append(playbook(info, "rollback.yml", 50, "-e", "hc_rollback_version=1.0.0"))
+            assert versions(info) == {"1.0.0"}
+            if i < repeats - 1:
+                playbook(info, "rollback.yml", 50, "-e", "hc_rollback_version=2.0.0")
+                refresh(info)
+                fc.append(fleetctl(info, "rollback", "--to", "1.0.0", "--no-refresh", "--yes"))
+                assert versions(info) == {"1.0.0"}
+        f, p = median(fc), median(plain)
         record(
             "rollback",
             {
@@ -144,8 +172,9 @@ def bench_rollback(nodes: int) -> None:
                 "rollback_s": round(back, 2),
                 "rollback_over_rollout": round(back / push, 3),
                 "hosts_per_s": round(nodes / back, 2),
-                "plain_rollback_s": round(plain, 2),
-                "overhead_vs_plain": round(back / plain - 1, 3),
+                "fleetctl_rollback_runs": [round(x, 2) for x in fc],
+                "plain_rollback_runs": [round(x, 2) for x in plain],
+                "overhead_vs_plain": round(f / p - 1, 3),
             },
         )
     finally:

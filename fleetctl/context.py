@@ -97,14 +97,12 @@ class FleetContext:
 
     def prober(self, executor: Executor | None = None) -> Prober:
         """The configured health probes; ssh probes go through fleetctl's paramiko client."""
-        from fleetctl.ssh import SshClient, probe_runner
-
         probes = self.config.health.probes
-        ssh = (
-            probe_runner(SshClient(self.config.ssh), self.fleet)
-            if any(p.kind == "ssh" for p in probes)
-            else None
-        )
+        ssh = None
+        if any(p.kind == "ssh" for p in probes):
+            from fleetctl.ssh import SshClient, probe_runner  # paramiko is slow to import: only when needed
+
+            ssh = probe_runner(SshClient(self.config.ssh), self.fleet)
         return Prober(self.fleet, probes, executor or self.executor(), ssh_runner=ssh)
 
     def emit(self, event_kind: str, run_id: str | None = None, /, **data: object) -> None:

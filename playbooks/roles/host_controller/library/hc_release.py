@@ -22,6 +22,10 @@ options:
           type: str, choices: [present, active, query], default: active}
   artifact_url: {description: release archive (file://, http(s):// or a path), type: str}
   checksum: {description: "expected archive digest, 'sha256:<hex>'", type: str}
+  install_method: {description: archive (unpack artifact_url) or package (the OS package manager), type: str,
+                   choices: [archive, package], default: archive}
+  package_spec: {description: "pinned package, e.g. host-controller=1.2.0 (apt) or host-controller-1.2.0 (dnf)",
+                 type: str}
   artifact_user: {description: user for HTTP basic auth to the artifact store, type: str}
   artifact_password: {description: password or token for the artifact store (never logged), type: str}
   keep: {description: releases kept on disk (never the active one nor the target), type: int, default: 3}
@@ -82,12 +86,39 @@ def sha256(path):
     return digest.hexdigest()
 
 
+def install_package(module, spec):
+    """Install a pinned package with the node's package manager (the package lays out the release)."""
+    if module.check_mode:
+        return True
+    for tool, argv in (
+        ("apt-get", ["apt-get", "install", "-y", "-q", "--allow-downgrades", spec]),
+        ("dnf", ["dnf", "install", "-y", spec]),
+        ("yum", ["yum", "install", "-y", spec]),
+    ):
+        path = module.get_bin_path(tool)
+        if path:
+            rc, out, err = module.run_command(
+                [path] + argv[1:], environ_update={"DEBIAN_FRONTEND": "noninteractive"}
+            )
+            if rc != 0:
+                module.fail_json(
+                    msg="%s could not install %s: %s" % (tool, spec, (err or out).strip()[-300:])
+                )
+            return True
+    module.fail_json(msg="no supported package manager (apt-get, dnf, yum) on the node for %s" % spec)
+
+
 def stage(module, root, version):
     """Ensure releases/<version>/ exists. Returns True when it had to be installed."""
     releases = os.path.join(root, "releases")
     target = os.path.join(releases, version)
     if os.path.isdir(target):
         return False
+    if module.params["install_method"] == "package":
+        install_package(module, module.params["package_spec"] or "host-controller=%s" % version)
+        if not os.path.isdir(target):
+            module.fail_json(msg="package %s did not install %s" % (module.params["package_spec"], target))
+        return True
     url = module.params["artifact_url"]
     if not url:
         module.fail_json(msg="release %s is not on the node and no artifact_url was given" % version)
@@ -209,6 +240,8 @@ def main():
             state=dict(type="str", default="active", choices=["present", "active", "query"]),
             artifact_url=dict(type="str"),
             checksum=dict(type="str", default=""),
+            install_method=dict(type="str", default="archive", choices=["archive", "package"]),
+            package_spec=dict(type="str"),
             artifact_user=dict(type="str"),
             artifact_password=dict(type="str", no_log=True),
             keep=dict(type="int", default=3),
