@@ -16,7 +16,7 @@ from typing import Any
 from fleetctl.config import RollbackPolicy, RolloutPolicy
 from fleetctl.errors import StalePlanError, UsageError
 from fleetctl.inventory import Fleet
-from fleetctl.units import CountOrPercent, format_duration
+from fleetctl.units import format_duration
 
 # Rough costs on a small controller (Ansible ~0.5 CPU-s per host per task, 2 cores): for the estimate only.
 SECONDS_PER_HOST_TASK = 0.5
@@ -293,6 +293,3 @@ def describe(stage: StagePlan) -> str:
         f"{stage.name}: {len(stage.hosts)} hosts in {len(stage.batches)} batch(es), "
         f"bake {format_duration(stage.bake)}, {budget}"
     )
-
-
-__all__ = ["Plan", "StagePlan", "rollout_plan", "revert_plan", "check_fresh", "spread", "CountOrPercent"]
