@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,25 @@ from fleetctl.cli.app import app
 from fleetctl.sim import fleet as simfleet
 
 FLEETCTL = [sys.executable, "-m", "fleetctl"]
+
+# Two batches: the canary, then the other hosts together. No bakes: the gates still probe once.
+TWO_BATCHES = [
+    {"name": "canary", "hosts": "canary", "batch": 1, "bake": "0s", "max_failures": 0},
+    {"name": "rest", "hosts": "all", "batch": "100%", "bake": "0s"},
+]
+
+
+class Clock:
+    """An injected clock the test moves by hand."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+    def advance(self, **delta: float) -> None:
+        self.at += timedelta(**delta)
 
 
 def fast_policy(**overrides: Any) -> dict[str, Any]:

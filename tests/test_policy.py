@@ -14,25 +14,7 @@ from fleetctl.cli.errors import report
 from fleetctl.cli.run_cmds import exit_code
 from fleetctl.context import FleetContext
 from fleetctl.errors import ExitCode, FrozenError, UsageError
-
-# Two batches: the canary, then the other hosts together. No bakes: the gates still probe once.
-TWO_BATCHES = [
-    {"name": "canary", "hosts": "canary", "batch": 1, "bake": "0s", "max_failures": 0},
-    {"name": "rest", "hosts": "all", "batch": "100%", "bake": "0s"},
-]
-
-
-class Clock:
-    """An injected clock the test moves by hand."""
-
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
-
-    def advance(self, **delta: float) -> None:
-        self.at += timedelta(**delta)
+from tests.conftest import TWO_BATCHES, Clock
 
 
 def context(sim, clock=None, operator: str | None = None) -> FleetContext:

@@ -9,7 +9,7 @@ import pytest
 
 from fleetctl import policy, schedule
 from fleetctl.context import FleetContext
-from tests.conftest import fleetctl_proc
+from tests.conftest import TWO_BATCHES, Clock, fleetctl_proc
 
 NIGHTLY = {
     "windows": [
@@ -26,18 +26,6 @@ UNATTENDED_THEN_OPERATOR = [
     {"name": "canary", "hosts": "canary", "batch": 1, "bake": "0s", "max_failures": 0},
     {"name": "rest", "hosts": "all", "batch": "100%", "bake": "0s", "unattended": False},
 ]
-TWO_BATCHES = [
-    {"name": "canary", "hosts": "canary", "batch": 1, "bake": "0s", "max_failures": 0},
-    {"name": "rest", "hosts": "all", "batch": "100%", "bake": "0s"},
-]
-
-
-class Clock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
 
 
 def utc(text: str) -> datetime:
