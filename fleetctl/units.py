@@ -91,3 +91,42 @@ def check_version(version: str) -> str:
             f"{version!r} is not a plain version: use only letters, digits, '.', '-', '+', '_' (e.g. 1.2.0)"
         )
     return version
+
+
+MAX_VERSION_LENGTH = 128  # the journal's version columns
+
+
+class BadNodeVersion(ValueError):
+    """A node reported something that is not a plain version: untrusted text, never used further."""
+
+
+def shown(raw: object, limit: int = 60) -> str:
+    """Untrusted text as it may be shown: repr-escaped (no markup, no control characters), truncated."""
+    text = repr(raw)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def node_version(raw: object) -> str:
+    """A version a node reported (facts, `hc_previous`, `readlink current`, the ledger's record of it).
+
+    Returns it when it is a plain version (see check_version); else raises BadNodeVersion, whose message
+    shows the raw text escaped and truncated. A node's answer must never reach a template, path or command.
+    """
+    if not isinstance(raw, str):
+        raise BadNodeVersion(f"the node reported a version that is not text: {shown(raw)}")
+    if len(raw) > MAX_VERSION_LENGTH:
+        raise BadNodeVersion(
+            f"the node reported a version of {len(raw)} characters (at most {MAX_VERSION_LENGTH}): {shown(raw)}"
+        )
+    try:
+        return check_version(raw)
+    except ValueError:
+        raise BadNodeVersion(
+            f"the node reported {shown(raw)} as its version: not a plain version "
+            "(only letters, digits, '.', '-', '+', '_')"
+        ) from None
+
+
+def node_version_or_none(raw: object) -> str | None:
+    """node_version, with None (nothing reported) passed through."""
+    return None if raw is None else node_version(raw)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from fleetctl.units import CountOrPercent, check_version, format_duration, parse_duration
+from fleetctl.units import (
+    BadNodeVersion,
+    CountOrPercent,
+    check_version,
+    format_duration,
+    node_version,
+    node_version_or_none,
+    parse_duration,
+)
 
 # --- parse_duration --------------------------------------------------------------------------------------
 
@@ -273,3 +281,43 @@ def test_check_version_rejects_trailing_newline(version: str) -> None:
 def test_check_version_rejects_none() -> None:
     with pytest.raises(ValueError):
         check_version(None)  # type: ignore[arg-type]
+
+
+# --- node_version: what a node reports is untrusted ----------------------------------------------------
+
+
+def test_node_version_accepts_plain_versions() -> None:
+    assert node_version("1.2.0-rc1+b.5") == "1.2.0-rc1+b.5"
+    assert node_version_or_none(None) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "{{ lookup('pipe', 'id') }}",
+        "{% raw %}x",
+        "1.0\n",
+        "[/]",
+        "../../etc",
+        "1.0; rm -rf /",
+        "",
+        "x" * 129,
+        5,
+        ["1.0"],
+    ],
+)
+def test_node_version_rejects_and_shows_the_text_escaped(raw: object) -> None:
+    with pytest.raises(BadNodeVersion) as info:
+        node_version(raw)
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert "\n" not in message  # one line, whatever the node sent
+    assert len(message) < 200  # truncated
+
+
+def test_node_version_message_is_one_escaped_line() -> None:
+    with pytest.raises(BadNodeVersion) as info:
+        node_version("1.0\n{{ 7*7 }}" + "y" * 500)
+    message = str(info.value)
+    assert "\n" not in message and "\\n" in message  # the newline is shown escaped
+    assert "..." in message and len(message) < 200
