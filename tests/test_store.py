@@ -180,6 +180,75 @@ def test_directory_as_database_is_refused_and_left_alone(tmp_path: Path) -> None
     assert stat.S_IMODE(d.stat().st_mode) == 0o755
 
 
+@pytest.mark.parametrize("side", ["", "-wal"])
+def test_symlinked_database_is_refused(tmp_path: Path, side: str) -> None:
+    """A journal reached through a symlink is refused (exit 2), naming the path and the fix."""
+    real = tmp_path / "real.db"
+    Store.open(f"sqlite:///{real}").close()
+    (tmp_path / "real.db-wal").unlink(missing_ok=True)
+    link = tmp_path / "link.db"
+    if side:
+        Store.open(f"sqlite:///{link}").close()
+        (tmp_path / f"link.db{side}").unlink(missing_ok=True)
+        (tmp_path / f"link.db{side}").symlink_to(tmp_path / "elsewhere")
+    else:
+        link.symlink_to(real)
+    before = real.read_bytes()
+    err = store_error(f"sqlite:///{link}")
+    assert str(link) in err.message and "symlink" in err.message
+    assert "real file" in (err.hint or "")
+    assert real.read_bytes() == before and not (tmp_path / "elsewhere").exists()
+
+
+def test_symlinked_database_path_from_fleet_yml_is_refused(tmp_path: Path) -> None:
+    """The path is not resolved before the check (config and context keep the symlink as typed)."""
+    from fleetctl.config import load_config
+    from fleetctl.context import FleetContext
+
+    (tmp_path / "inventory.yml").write_text("all:\n  hosts:\n    a:\n")
+    (tmp_path / "fleet.yml").write_text("inventory: inventory.yml\nstate: link.db\n")
+    Store.open(f"sqlite:///{tmp_path / 'real.db'}").close()
+    (tmp_path / "link.db").symlink_to(tmp_path / "real.db")
+    assert load_config(tmp_path / "fleet.yml").state_url().endswith("/link.db")
+    for db_url in (None, str(tmp_path / "link.db")):
+        ctx = FleetContext(config_path=tmp_path / "fleet.yml", db_url=db_url, env={})
+        with pytest.raises(StoreError, match="symlink"):
+            ctx.store  # noqa: B018
+
+
+def _corrupt(db: Path) -> None:
+    """Overwrite every page after the header page with garbage, as a failing disk would."""
+    size = db.stat().st_size
+    with open(db, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\xde\xad\xbe\xef" * ((size - 100) // 4))
+
+
+def test_reading_a_corrupt_journal_is_a_store_error(url: str, db: Path) -> None:
+    s = Store.open(url)
+    s.ledger.record(HC, {f"h{i}": "1.0" for i in range(200)}, source="observed", run_id=None, operator=None)
+    s.close()
+    with sqlite3.connect(db) as raw:
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _corrupt(db)
+    reader = Store(_raw_engine(db))
+    with pytest.raises(StoreError) as info:
+        reader.ledger.versions(HC)
+    err = info.value
+    assert err.exit_code == ExitCode.USAGE
+    assert err.message.startswith(f"the journal at {db} cannot be read: ")
+    assert "\n" not in err.message and ("malformed" in err.message or "not a database" in err.message)
+    with pytest.raises(StoreError, match="cannot be written"):
+        reader.ledger.record(HC, {"h1": "2.0"}, source="observed", run_id=None, operator=None)
+
+
+def _raw_engine(db: Path):
+    """An engine on the file as fleetctl opens it, without the migration that would notice the damage."""
+    from fleetctl.store import _sqlite_engine
+
+    return _sqlite_engine(str(db))
+
+
 # --- ledger ----------------------------------------------------------------------------------------------
 
 
@@ -279,8 +348,45 @@ def test_ledger_entries_filter_and_json(store: Store) -> None:
         "changed_at": T0.isoformat(),
         "run": None,
         "operator": None,
+        "invalid": None,
     }
     assert store.ledger.history(HC, host="b")[0].to_json()["to"] == "2"
+
+
+EVIL = "{{ lookup('pipe', 'touch /tmp/pwned') }}"
+
+
+def test_ledger_never_records_a_version_that_is_not_plain(store: Store) -> None:
+    """Last line of defence: a node's bad answer is recorded as unknown, never as text."""
+    store.ledger.record(HC, {"a": "1.0"}, source="observed", run_id=None, operator=None)
+    changes = store.ledger.record(
+        HC, {"a": EVIL, "b": "x/../y"}, source="observed", run_id=None, operator=None
+    )
+    assert [(c.host, c.from_version, c.to_version) for c in changes] == [("a", "1.0", None)]
+    with store.read() as conn:
+        stored = {r.version for r in conn.execute(schema.ledger.select())} | {
+            r.to_version for r in conn.execute(schema.history.select())
+        }
+    assert stored == {"1.0", None}
+
+
+def test_ledger_rows_with_bad_versions_read_as_unknown(store: Store) -> None:
+    """Rows written by an older fleetctl (or by hand) must not crash `versions`/`history` nor reach a plan."""
+    store.ledger.record(HC, {"a": "1.0", "b": "1.0"}, source="observed", run_id=None, operator=None)
+    store.ledger.record(HC, {"a": "1.1"}, source="fleetctl", run_id="r1", operator="ann")
+    with store.tx() as conn:
+        conn.execute(schema.ledger.update().where(schema.ledger.c.host == "a").values(version=EVIL))
+        conn.execute(
+            schema.history.update().where(schema.history.c.to_version == "1.1").values(to_version=EVIL)
+        )
+    entry = store.ledger.entries(HC)["a"]
+    assert entry.version is None and entry.previous_version == "1.0"
+    assert entry.invalid == repr(EVIL)  # shown escaped, never used
+    assert entry.to_json()["version"] is None and entry.to_json()["invalid"]
+    assert store.ledger.versions(HC) == {"a": None, "b": "1.0"}
+    bad = store.ledger.history(HC, host="a")[0]
+    assert (bad.from_version, bad.to_version) == ("1.0", None) and bad.invalid
+    assert bad.to_json()["to"] is None and bad.to_json()["invalid"] == repr(EVIL)
 
 
 def test_ledger_times_are_utc_aware(store: Store) -> None:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from fleetctl.errors import StoreError
@@ -28,7 +28,7 @@ def utcnow() -> datetime:
 
 
 class Store:
-    def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
+    def __init__(self, engine: Engine, clock: Clock = utcnow, where: str | None = None) -> None:
         from fleetctl.store.controls import Audit, Freezes, Quarantine
         from fleetctl.store.ledger import Ledger
         from fleetctl.store.locks import Locks
@@ -37,6 +37,7 @@ class Store:
 
         self.engine = engine
         self.clock = clock
+        self.where = where or _where(engine.url)
         self.ledger = Ledger(self)
         self.runs = Runs(self)
         self.locks = Locks(self)
@@ -75,7 +76,7 @@ class Store:
                 f"cannot open state database {parsed.render_as_string(hide_password=True)}: {detail}",
                 "check --db / FLEETCTL_DB / `state:` in fleet.yml",
             ) from None
-        return cls(engine, clock)
+        return cls(engine, clock, _where(parsed))
 
     def now(self) -> datetime:
         return self.clock()
@@ -88,23 +89,54 @@ class Store:
                 yield conn
         except DBAPIError as exc:
             raise StoreError(
-                f"state database error: {str(exc.orig).splitlines()[0]}",
-                "retry; check the database is reachable",
+                f"the journal at {self.where} cannot be written: {_detail(exc)}",
+                "retry; check the database is reachable and intact",
             ) from None
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(fleetctl_readonly=True) as conn:
-            yield conn
+        """A read (a plain BEGIN on SQLite: WAL readers never wait for the writer). Database errors
+        become one-line StoreErrors; a busy database is waited for (busy_timeout), not an error."""
+        try:
+            with self.engine.connect().execution_options(fleetctl_readonly=True) as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise StoreError(
+                f"the journal at {self.where} cannot be read: {_detail(exc)}",
+                "check the database is reachable; a damaged SQLite file can be restored from a backup",
+            ) from None
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _detail(exc: DBAPIError) -> str:
+    text = str(exc.orig if exc.orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc.orig or exc).__name__
+
+
+def _where(url: URL) -> str:
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    return url.render_as_string(hide_password=True)
+
+
+def _refuse_symlinks(path: Path) -> None:
+    """A journal reached through a symlink could be swapped under a run (or point anywhere): refuse it,
+    and the SQLite side files (-wal, -shm, -journal) too."""
+    for p in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        if p.is_symlink():
+            raise StoreError(
+                f"cannot open state database {path}: {p} is a symlink (to {os.readlink(p)}); refused",
+                "point --db / FLEETCTL_DB / `state:` at the real file, not at a symlink",
+            )
 
 
 def _sqlite_engine(database: str | None) -> Engine:
     database = database or ":memory:"  # `sqlite://` means an in-memory database, never a file named None
     if database and database != ":memory:":
         path = Path(database)
+        _refuse_symlinks(path)
         if not path.parent.is_dir():
             raise StoreError(
                 f"cannot open state database {path}: directory {path.parent} does not exist",
@@ -116,7 +148,7 @@ def _sqlite_engine(database: str | None) -> Engine:
                 "point --db / FLEETCTL_DB at a database file",
             )
         if not path.exists():
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
         os.chmod(path, 0o600)
     engine = create_engine(f"sqlite:///{database}", connect_args={"timeout": 30, "check_same_thread": False})
 

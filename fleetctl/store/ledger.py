@@ -1,4 +1,8 @@
-"""The version ledger (which host runs what, since when, changed by whom) and its history."""
+"""The version ledger (which host runs what, since when, changed by whom) and its history.
+
+Versions in here came from nodes, so they are checked both ways: a version that is not plain is never
+written (the host is recorded at an unknown version) and a row that holds one anyway (an older fleetctl,
+a hand edit) reads as unknown, with the escaped text in `invalid`, so it never reaches a playbook."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from fleetctl.store import schema
+from fleetctl.units import BadNodeVersion, node_version, shown
 
 if TYPE_CHECKING:
     from fleetctl.store import Store
@@ -24,6 +29,7 @@ class LedgerEntry:
     run_id: str | None
     operator: str | None
     source: str
+    invalid: str | None = None  # the recorded version was not plain: shown escaped; version is None
 
     def to_json(self) -> dict:
         return {
@@ -33,6 +39,7 @@ class LedgerEntry:
             "changed_at": self.changed_at.isoformat() if self.changed_at else None,
             "run": self.run_id,
             "operator": self.operator,
+            "invalid": self.invalid,
         }
 
 
@@ -45,6 +52,7 @@ class Change:
     operator: str | None
     at: datetime
     source: str
+    invalid: str | None = None  # a recorded version was not plain: shown escaped; it reads as None
 
     def to_json(self) -> dict:
         return {
@@ -55,7 +63,18 @@ class Change:
             "operator": self.operator,
             "at": self.at.isoformat(),
             "source": self.source,
+            "invalid": self.invalid,
         }
+
+
+def checked(raw: object) -> tuple[str | None, str | None]:
+    """(version, None) for a plain version or nothing; (None, escaped text) for anything else."""
+    if raw is None:
+        return None, None
+    try:
+        return node_version(raw), None
+    except BadNodeVersion:
+        return None, shown(raw)
 
 
 class Ledger:
@@ -68,19 +87,23 @@ class Ledger:
         with self.store.read() as conn:
             rows = conn.execute(q).mappings().all()
         wanted = None if hosts is None else set(hosts)
-        return {
-            r["host"]: LedgerEntry(
+        out = {}
+        for r in rows:
+            if wanted is not None and r["host"] not in wanted:
+                continue
+            version, invalid = checked(r["version"])
+            previous, _ = checked(r["previous_version"])
+            out[r["host"]] = LedgerEntry(
                 r["host"],
-                r["version"],
-                r["previous_version"],
+                version,
+                previous,
                 r["changed_at"],
                 r["run_id"],
                 r["operator"],
                 r["source"],
+                invalid,
             )
-            for r in rows
-            if wanted is None or r["host"] in wanted
-        }
+        return out
 
     def versions(self, component: str) -> dict[str, str | None]:
         return {h: e.version for h, e in self.entries(component).items()}
@@ -95,8 +118,12 @@ class Ledger:
         operator: str | None,
         at: datetime | None = None,
     ) -> list[Change]:
-        """Record what hosts report they run. Only real changes make history; returns them."""
+        """Record what hosts report they run. Only real changes make history; returns them.
+
+        A report that is not a plain version is recorded as unknown (None): callers check first and fail
+        the host with the reason; this is the last line of defence."""
         at = at or self.store.now()
+        reports = {host: checked(v)[0] for host, v in reports.items()}
         t, h = schema.ledger, schema.history
         changes: list[Change] = []
         with self.store.tx() as conn:
@@ -125,7 +152,7 @@ class Ledger:
                         )
                     )
                     continue
-                before = known.get(host)
+                before = checked(known.get(host))[0]
                 values = dict(
                     version=version,
                     previous_version=before,
@@ -163,15 +190,13 @@ class Ledger:
         if limit:
             q = q.limit(limit)
         with self.store.read() as conn:
-            return [
-                Change(
-                    r["host"],
-                    r["from_version"],
-                    r["to_version"],
-                    r["run_id"],
-                    r["operator"],
-                    r["at"],
-                    r["source"],
-                )
-                for r in conn.execute(q).mappings()
-            ]
+            rows = conn.execute(q).mappings().all()
+        out = []
+        for r in rows:
+            before, bad_before = checked(r["from_version"])
+            after, bad_after = checked(r["to_version"])
+            invalid = " -> ".join(x for x in (bad_before, bad_after) if x) or None
+            out.append(
+                Change(r["host"], before, after, r["run_id"], r["operator"], r["at"], r["source"], invalid)
+            )
+        return out
