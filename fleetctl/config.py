@@ -32,7 +32,11 @@ class _Model(BaseModel):
 
 
 class Probe(_Model):
-    """One health probe. Exactly one of http / tcp / playbook / ssh names its kind and target."""
+    """One health probe. Exactly one of http / tcp / playbook / ssh names its kind and target.
+
+    HTTP probes also take request headers, TLS files and a JSON check. The URL, header values, TLS paths
+    and server_name are templates rendered with each host's variables (vaulted ones too); relative TLS
+    paths resolve against fleet.yml's directory unless they start with a template."""
 
     http: str | None = None  # URL template, rendered with the host's variables
     tcp: str | None = None  # "host:port" template
@@ -40,7 +44,13 @@ class Probe(_Model):
     ssh: str | None = None  # a command run over fleetctl's SSH client
     timeout: Duration = 2.0
     expect_status: int = 200
-    expect_body: str | None = None  # regex the HTTP body must match
+    expect_body: str | None = None  # regex the HTTP body (its first 64 KiB) must match
+    expect_json: dict[str, JsonScalar] = {}  # dotted path in the JSON answer -> the value it must hold
+    headers: dict[str, str] = {}  # request headers; values are templates
+    ca_file: str | None = None  # PEM bundle of the CAs to trust (instead of the system's)
+    client_cert: str | None = None  # PEM client certificate for mTLS (may hold the key too)
+    client_key: str | None = None  # PEM key of client_cert, unencrypted
+    server_name: str | None = None  # TLS name to verify and send as SNI, when the URL holds an address
 
     @model_validator(mode="after")
     def _one_kind(self) -> Probe:
@@ -49,6 +59,7 @@ class Probe(_Model):
             raise ValueError("a probe needs exactly one of http, tcp, playbook, ssh")
         if self.timeout <= 0:
             raise ValueError("probe timeout must be positive")
+        _check_http_options(self)
         return self
 
     @property
@@ -58,6 +69,57 @@ class Probe(_Model):
     @property
     def target(self) -> str:
         return str(getattr(self, self.kind))
+
+
+_HTTP_ONLY = ("expect_json", "headers", "ca_file", "client_cert", "client_key", "server_name")
+_TLS_PATHS = ("ca_file", "client_cert", "client_key")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _templated(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
+def _check_http_options(p: Probe) -> None:
+    """Errors name the key and what to write instead; load_config adds the probe's place in fleet.yml."""
+    used = [k for k in _HTTP_ONLY if getattr(p, k)]
+    if p.kind != "http":
+        if used:
+            raise ValueError(f"{used[0]} applies to http probes only (this is a {p.kind} probe)")
+        return
+    if p.expect_body is not None:
+        try:
+            re.compile(p.expect_body)
+        except re.error as exc:
+            raise ValueError(f"expect_body is not a valid regex: {exc}") from None
+    for name, value in p.headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"headers: {name!r} is not a valid header name (letters, digits, '-')")
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(f"headers: the value of {name} holds a line break or NUL")
+    for path in p.expect_json:
+        if not path or "" in path.split("."):
+            raise ValueError(f"expect_json: {path!r} is not a dotted path (e.g. status or checks.db)")
+    tls = [k for k in (*_TLS_PATHS, "server_name") if getattr(p, k)]
+    if tls and str(p.http).lower().startswith("http://"):
+        raise ValueError(f"{tls[0]} needs an https:// URL")
+    if p.client_key and not p.client_cert:
+        raise ValueError("client_key needs client_cert")
+    for key in _TLS_PATHS:
+        value = getattr(p, key)
+        if value and not _templated(value) and not Path(value).is_file():
+            raise ValueError(f"{key}: no such file {value} (relative paths start at fleet.yml's directory)")
+
+
+def _probe_paths(base: Path, probe: Any) -> Any:
+    """Resolve a probe's TLS file paths against fleet.yml's directory (a path that starts with a template
+    is left to render)."""
+    if not isinstance(probe, dict):
+        return probe
+    return {
+        k: str(_resolve(base, v)) if k in _TLS_PATHS and isinstance(v, str) and v and not v.startswith(("{{", "{%")) else v
+        for k, v in probe.items()
+    }
 
 
 class HealthConfig(_Model):
@@ -99,6 +161,25 @@ class RollbackPolicy(_Model):
     batch: Amount = CountOrPercent(100, True)
 
 
+class GuardConfig(_Model):
+    """The guard after a successful rollout: the updated hosts stay under probes for `duration`, one
+    round every `interval` (run by `tick` or `guard watch`); too many failing hosts trip it."""
+
+    duration: Duration = 24 * 3600.0
+    interval: Duration = 300.0
+    failures_to_fail: int = Field(2, ge=1)  # consecutive failed rounds that fail a host
+    max_failures: Amount = CountOrPercent(0, False)  # of the guarded hosts; exceeded -> trip
+    on_trip: Literal["rollback", "alert"] = "rollback"
+
+    @model_validator(mode="after")
+    def _positive(self) -> GuardConfig:
+        if self.duration <= 0:
+            raise ValueError("guard.duration must be positive (remove the guard section to turn it off)")
+        if self.interval <= 0:
+            raise ValueError("guard.interval must be positive")
+        return self
+
+
 class SshConfig(_Model):
     known_hosts: Path | None = None  # default: ~/.ssh/known_hosts
     user: str | None = None
@@ -117,6 +198,7 @@ class FleetConfig(_Model):
     rollout: RolloutPolicy = RolloutPolicy()
     rollback: RollbackPolicy = RollbackPolicy()
     health: HealthConfig = HealthConfig()
+    guard: GuardConfig | None = None  # absent: no guard after rollouts
     freeze: WindowsConfig = WindowsConfig()
     maintenance: WindowsConfig = WindowsConfig()
     ssh: SshConfig = SshConfig()
@@ -132,7 +214,7 @@ class FleetConfig(_Model):
         raw = override or self.state or "fleetctl.db"
         if "://" in raw:
             return raw
-        return f"sqlite:///{(self.base_dir / raw).resolve()}"
+        return f"sqlite:///{os.path.abspath(self.base_dir / raw)}"  # not resolved: symlinks are refused
 
 
 def find_config(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fleetctl import guard
 from fleetctl.context import FleetContext
 from fleetctl.errors import Interrupted
 from fleetctl.executor import Executor, HostResult
@@ -311,6 +312,9 @@ class Engine(Reverter):
             self.store.runs.set_hosts(run_id, pending, "skipped")
         self.store.runs.update(run_id, status=status, status_reason=reason, control=None)
         self.ctx.emit("run.finished", run_id, status=status, reason=reason)
+        run = self._run(run_id)
+        if status == "succeeded" and run.kind == "rollout":  # the rollout is not over: guard its hosts
+            guard.begin(self.ctx, run, [h for h, s in self._states(run_id).items() if s.state == "done"])
 
     def _states(self, run_id: str) -> dict[str, RunHost]:
         return {h.host: h for h in self.store.runs.hosts(run_id)}
@@ -351,6 +355,7 @@ def open_run(
         reverts=reverts,
     )
     store.locks.heartbeat(ctx.lock_name, token, run.id)
+    store.guards.release(plan.hosts, run.id)  # hosts this run moves leave an earlier run's guard
     ctx.emit(
         "run.started",
         run.id,

@@ -8,14 +8,15 @@ runs `fleetctl resume`. An operator's resume applies only the freeze checkpoint,
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fleetctl import control, policy, windows
+from fleetctl import control, guard, policy, windows
 from fleetctl import rollout as rollouts
 from fleetctl.context import FleetContext
 from fleetctl.engine import Checkpoint, Engine
@@ -35,6 +36,7 @@ class TickOutcome:
     action: str
     message: str
     run: RunRecord | None = None
+    guards: list[guard.RoundOutcome] = field(default_factory=list)  # the guard rounds this tick ran
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +45,7 @@ class TickOutcome:
             "run": self.run.id if self.run else None,
             "status": self.run.status if self.run else None,
             "reason": self.run.status_reason if self.run else None,
+            "guards": [g.to_json() for g in self.guards],
         }
 
 
@@ -175,8 +178,15 @@ def _ended(verb: str, run: RunRecord, extra: str = "") -> str:
 
 
 def tick(ctx: FleetContext, engine_ready: Callable[[Engine], None] | None = None) -> TickOutcome:
-    """One scheduler step: in an open window and without a freeze, resume the unattended run a window or
-    freeze stopped (or one that was interrupted), else start the oldest due queued rollout."""
+    """One scheduler step. First the guards' due rounds (always, windows or not: a guard trip rolls back,
+    and rollbacks are never bound by windows or freezes); then, in an open window and without a freeze,
+    resume the unattended run a window or freeze stopped (or one that was interrupted), else start the
+    oldest due queued rollout."""
+    rounds = guard.run_due(ctx, engine_ready)
+    return dataclasses.replace(_tick_runs(ctx, engine_ready), guards=rounds)
+
+
+def _tick_runs(ctx: FleetContext, engine_ready: Callable[[Engine], None] | None) -> TickOutcome:
     now = ctx.now()
     state = windows_state(ctx, now)
     if not state.open:

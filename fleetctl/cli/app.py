@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fleetctl import __version__
-from fleetctl.cli import demo, fleet_cmds, freeze, quarantine, rollback, run_cmds, schedule, sim
+from fleetctl.cli import demo, fleet_cmds, freeze, guard, quarantine, rollback, run_cmds, schedule, sim
 from fleetctl.cli.errors import FleetGroup
 from fleetctl.cli.output import CliState
 from fleetctl.context import FleetContext
@@ -71,6 +71,7 @@ app.add_typer(quarantine.app, name="quarantine")
 app.add_typer(sim.app, name="sim")
 app.add_typer(freeze.app, name="freeze")
 app.add_typer(schedule.app, name="schedule")
+app.add_typer(guard.app, name="guard")
 app.command("tick")(schedule.tick)
 app.command("audit")(freeze.audit)
 

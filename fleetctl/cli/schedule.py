@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from fleetctl import schedule
+from fleetctl import guard, schedule
 from fleetctl.cli.output import print_json, state, table, when
 from fleetctl.cli.progress import Renderer
 from fleetctl.cli.run_cmds import running
@@ -129,8 +129,9 @@ def install(
 
 
 def tick(ctx: typer.Context, json_out: JsonOption = False) -> None:
-    """One scheduler step, for cron or a systemd timer: inside an open maintenance window and without a
-    freeze, resume the run a window closed on or start the oldest due queued rollout. With nothing to do,
+    """One scheduler step, for cron or a systemd timer: first the due guard rounds (any time); then, inside
+    an open maintenance window and without a freeze, resume the run a window closed on or start the
+    oldest due queued rollout. With nothing to do,
     print one line saying why and exit 0. Plain output (no colours, no bars) for journald."""
     st = state(ctx)
     with running(st, json_out) as (_live, ready):
@@ -139,6 +140,22 @@ def tick(ctx: typer.Context, json_out: JsonOption = False) -> None:
     if json_out:
         print_json(outcome.to_json())
     else:
+        for r in outcome.guards:
+            typer.echo(guard_line(r))
         typer.echo(outcome.message)
     if outcome.run is not None and outcome.run.status in ("failed", "halted", "rolled_back", "aborted"):
         raise typer.Exit(int(ExitCode.FAILED))
+    if any(r.tripped for r in outcome.guards):
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+def guard_line(r: guard.RoundOutcome) -> str:
+    """One line per guard round, for journald."""
+    g = r.guard
+    head = f"guard {g.run_id} ({g.version}): probed {r.probed} host(s), {len(r.failed)} failed, {len(r.failing)} failing"
+    if r.tripped:
+        then = f"rolling back (run {r.rollback_run})" if r.action == "rollback" else "fleet frozen"
+        head += f"; TRIPPED (budget {g.max_failures}): {then}"
+    if r.error:
+        head += f"; {r.error}"
+    return head

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from fleetctl.cli.output import console, styled
 from fleetctl.errors import SimError
 from fleetctl.sim import fleet
 from fleetctl.units import parse_duration
@@ -79,7 +79,7 @@ def up(
     if json_out:
         _print_json(info.to_json())
         return
-    out = Console()
+    out = console()
     out.print(f"Simulated fleet of {len(info.nodes)} nodes running in {info.dir} (port {info.port}).")
     if info.ssh_mode == "netns":
         out.print(
@@ -95,12 +95,12 @@ def up(
         )
     if info.ssh_mode:
         first = info.nodes[0]
-        out.print(f"  try: ssh -F {info.ssh_dir / 'ssh_config'} {first.name}", highlight=False)
+        out.print(f"  try: ssh -F {info.ssh_dir / 'ssh_config'} {first.name}")
     out.print(f"  inventory  {info.inventory}\n  config     {info.config}")
     out.print(f"  2.0.0 is the faulty build: its API blocks {info.hang_after:g}s after a restart.")
     out.print("Point fleetctl at it:")
-    out.print(f"  export FLEETCTL_CONFIG={info.config}", highlight=False)
-    out.print(f"Stop it with: fleetctl sim down --dir {info.dir}", highlight=False)
+    out.print(f"  export FLEETCTL_CONFIG={info.config}")
+    out.print(f"Stop it with: fleetctl sim down --dir {info.dir}")
 
 
 @app.command()
@@ -138,20 +138,38 @@ def status(dir: DirOption = Path("sim"), json_out: JsonOption = False) -> None:
             }
         )
         return
-    out = Console()
+    out = console()
     table = Table("node", "address", "zone", "version", "healthy")
     for n in nodes:
         table.add_row(
-            n.name, n.address, n.zone, n.version or "-", "[green]yes[/]" if n.healthy else "[red]no[/]"
+            n.name,
+            n.address,
+            n.zone,
+            n.version or "-",
+            styled("yes", "green") if n.healthy else styled("no", "red"),
         )
     out.print(table)
     state = f"running (pid {pid}, port {info.port})" if pid else "stopped"
     census = ", ".join(f"{v}: {c}" for v, c in sorted(counts.items()))
     healthy = sum(n.healthy for n in nodes)
-    out.print(f"{info.dir}: {state}; versions {census}; healthy {healthy}/{len(nodes)}", highlight=False)
+    out.print(f"{info.dir}: {state}; versions {census}; healthy {healthy}/{len(nodes)}")
     if info.ssh_mode:
         why = f" (fallback: {info.fallback_reason})" if info.fallback_reason else ""
-        out.print(f"SSH hosts: {info.ssh_mode} mode{why}, connection {info.connection}", highlight=False)
+        out.print(f"SSH hosts: {info.ssh_mode} mode{why}, connection {info.connection}")
+
+
+@app.command()
+def load(
+    dir: DirOption = Path("sim"),
+    off: Annotated[bool, typer.Option("--off", help="Lift the load.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Morning load: every controller running a release whose manifest says `fails_under_load` (the
+    faulty 2.0.0) starts to block now, long after its bakes passed, until `--off`."""
+    reply = fleet.set_load(dir, not off)
+    if json_out:
+        return _print_json({"load": not off, "reply": reply})
+    typer.echo(f"{reply}: controllers of a release that fails under load {'answer again' if off else 'now block'}")
 
 
 @app.command()
@@ -169,7 +187,7 @@ def down(dir: DirOption = Path("sim"), json_out: JsonOption = False) -> None:
         if pid
         else f"No simulated fleet is running in {dir}"
     )
-    Console().print(what + (", removed its SSH hosts." if had_hosts else "."), highlight=False)
+    console().print(what + (", removed its SSH hosts." if had_hosts else "."))
 
 
 def _is_ssh_sim(dir: Path) -> bool:

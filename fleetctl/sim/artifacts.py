@@ -23,7 +23,9 @@ _EPOCH = 1_700_000_000  # fixed mtime: the same inputs always give the same byte
 
 def release_files(version: str, hang_after: float | None) -> dict[str, tuple[bytes, int]]:
     """The files of one release: relative path -> (content, mode)."""
-    manifest = {"name": COMPONENT, "version": version, "hang_after": hang_after}
+    manifest: dict[str, object] = {"name": COMPONENT, "version": version, "hang_after": hang_after}
+    if hang_after is not None:  # the faulty build also blocks under morning load (`fleetctl sim load`)
+        manifest["fails_under_load"] = True
     script = f'#!/bin/sh\n# placeholder for the simulated host controller\necho "{COMPONENT} {version}"\n'
     return {
         "manifest.json": (json.dumps(manifest, indent=2).encode() + b"\n", 0o644),

@@ -379,6 +379,15 @@ def restart_node(dir: Path, node: str) -> str:
     return reply[3:]
 
 
+def set_load(dir: Path, on: bool) -> str:
+    """Morning load on (or off): controllers running a release whose manifest says `fails_under_load`
+    block until it is lifted, as the incident's build did under the morning's traffic."""
+    reply = control(dir, f"load {'on' if on else 'off'}")
+    if not reply.startswith("ok "):
+        raise SimError(f"cannot set the load: {reply.removeprefix('error ')}")
+    return reply[3:]
+
+
 def server_status(dir: Path) -> dict[str, dict[str, Any]]:
     """What the server itself reports per node: running version, uptime, restarts, healthy."""
     return {n["name"]: n for n in json.loads(control(dir, "status"))["nodes"]}

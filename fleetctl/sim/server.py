@@ -58,6 +58,8 @@ class Node:
     netns: str | None = None  # the network namespace its socket listens in (None: this process's)
     version: str | None = None
     hang_after: float | None = None
+    fails_under_load: bool = False  # the manifest says: blocks while the fleet is under load (`sim load`)
+    under_load: bool = False
     started_at: float = 0.0
     restarts: int = 0
     hang_logged: bool = False
@@ -65,12 +67,13 @@ class Node:
 
     def start(self) -> None:
         """(Re)start the controller: load the running release's manifest, reset uptime and hang timer."""
-        self.version, self.hang_after = None, None
+        self.version, self.hang_after, self.fails_under_load = None, None, False
         try:
             manifest = json.loads((self.root / "current" / "manifest.json").read_text())
             self.version = str(manifest["version"])
             hang = manifest.get("hang_after")
             self.hang_after = float(hang) if hang is not None else None
+            self.fails_under_load = manifest.get("fails_under_load") is True
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("%s: no usable release at %s/current: %s", self.name, self.root, exc)
         self.started_at = time.monotonic()
@@ -80,6 +83,8 @@ class Node:
         return time.monotonic() - self.started_at
 
     def hung(self) -> bool:
+        if self.fails_under_load and self.under_load:
+            return True
         return self.hang_after is not None and self.uptime() >= self.hang_after
 
     def healthy(self) -> bool:
@@ -102,6 +107,8 @@ class SimServer:
         self.meta = json.loads(self.meta_path.read_text())
         self.sock_path = Path(self.meta["socket"])
         self.pid_path = directory / "sim.pid"
+        self.load_path = directory / "load"
+        self.load = False
         self.nodes = {
             n["name"]: Node(n["name"], n["address"], Path(n["root"]), n.get("netns"))
             for n in self.meta["nodes"]
@@ -180,6 +187,8 @@ class SimServer:
         port, socks = self.bind_all()
         for node in self.nodes.values():
             node.start()
+        if self.load_path.exists():
+            self.set_load(True)
         for node, sock in zip(self.nodes.values(), socks, strict=True):
             self.servers.append(await asyncio.start_server(self._api_handler(node), sock=sock))
         with contextlib.suppress(OSError):
@@ -289,9 +298,15 @@ class SimServer:
                             "healthy": n.healthy(),
                         }
                         for n in self.nodes.values()
-                    ]
+                    ],
+                    "load": self.load,
                 }
             )
+        if cmd == "load":
+            if arg.strip() not in ("on", "off"):
+                return "error use: load on|off"
+            self.set_load(arg.strip() == "on")
+            return f"ok load {'on' if self.load else 'off'}"
         if cmd == "restart":
             node = self.nodes.get(arg.strip())
             if node is None:
@@ -305,7 +320,19 @@ class SimServer:
             if node.version is None:
                 return f"error {node.name} has no usable release at {node.root}/current"
             return f"ok {node.version}"
-        return f"error unknown command {cmd!r} (use ping, status, restart <node>)"
+        return f"error unknown command {cmd!r} (use ping, status, restart <node>, load on|off)"
+
+    def set_load(self, on: bool) -> None:
+        """Morning load: every controller whose release `fails_under_load` blocks while it lasts. Kept in
+        the sim dir (`load`), so a restarted server keeps it."""
+        self.load = on
+        for node in self.nodes.values():
+            node.under_load = on
+        if on:
+            self.load_path.write_text("on\n")
+        else:
+            self.load_path.unlink(missing_ok=True)
+        log.info("load %s", "on" if on else "off")
 
 
 # -- clients (fleet.py talks to a running server through these) ----------------------------------------

@@ -29,7 +29,14 @@ def _v1(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=V1_TABLES)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+def _v2_guards(conn: Connection) -> None:
+    """The guard after a rollout (fleetctl.guard): guards and guard_hosts."""
+    from fleetctl.store import guards
+
+    schema.metadata.create_all(conn, tables=guards.TABLES)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2_guards]
 
 
 def current_version(conn: Connection) -> int:
