@@ -71,6 +71,10 @@ class RunFailed(FleetError):
     """A run ended failed or halted (the journal has the details)."""
 
 
+class CheckFailed(FleetError):
+    """`fleetctl check` found a problem (each failed check says which host or field, and the fix)."""
+
+
 class Interrupted(FleetError):
     """Ctrl-C or SIGTERM stopped a run cleanly; the journal says where (resume continues it)."""
 

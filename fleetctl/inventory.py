@@ -194,6 +194,13 @@ def _set_vault_secret(loader: Any, path: Path) -> None:
             f"cannot read vault password file {path}: {_first_line(exc)}", "check the file"
         ) from None
     loader.set_vault_secrets([("default", secret)])
+    with contextlib.suppress(ImportError):  # ansible-core >= 2.19 templating decrypts through this context
+        from ansible.parsing.vault import VaultSecretsContext
+
+        if VaultSecretsContext.current(optional=True) is None:
+            VaultSecretsContext.initialize(VaultSecretsContext([("default", secret)]))
+        else:
+            VaultSecretsContext.current().secrets = [("default", secret)]
     global _LOADER
     _LOADER = loader  # Host.render decrypts with the same secrets
 

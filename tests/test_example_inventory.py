@@ -87,3 +87,10 @@ def test_group_vars_document_every_node_contract_variable() -> None:
     internal |= {"hc_probe_timeout", "hc_probe_status"}  # set by fleetctl for the playbook probe
     missing = sorted(n for n in names - internal if not re.search(rf"^#? ?{n}:", documented, re.M))
     assert not missing, f"group_vars/all.yml does not document {missing}"
+
+
+def test_fleetctl_decrypts_the_vaulted_example_when_it_renders_it() -> None:
+    """Regression: with ansible-core 2.19, Host.render of a vaulted value failed ("A required
+    VaultSecretsContext context is not active") although vault_password_file was given."""
+    fleet = load_inventory([INVENTORY], vault_password_file=VAULT_PASS)
+    assert fleet["hc-b02.example.net"].render("{{ hc_artifact_password }}") == "example-token-replace-me"

@@ -65,6 +65,9 @@ def root(
 
 fleet_cmds.register(app)
 run_cmds.register(app)
+from fleetctl.cli import setup_cmds  # noqa: E402 - init and check (issue 10)
+
+setup_cmds.register(app)
 app.command("rollback")(rollback.rollback)
 app.command("demo")(demo.demo)
 app.add_typer(quarantine.app, name="quarantine")

@@ -1,0 +1,447 @@
+"""The preflight (`fleetctl check`): will a rollout work now? Config and inventory, reachability through
+Ansible, probes, the artifact of a version and its checksum, quarantine, journal, lock, freezes, windows.
+
+Config and inventory errors raise as usual (exit 2); every other finding is a `Check` in the report, a
+failed one naming the host or field and the fix. The checks only read, except a no-op write that proves
+the journal is writable.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import update
+
+from fleetctl import policy, windows
+from fleetctl.config import Probe
+from fleetctl.context import FleetContext
+from fleetctl.errors import FleetError, InventoryError, UsageError
+from fleetctl.health import Prober
+from fleetctl.inventory import Host
+from fleetctl.resources import playbooks_dir
+from fleetctl.store import schema
+from fleetctl.store.migrations import MIGRATIONS, current_version
+from fleetctl.units import check_version
+
+NAMED = 5  # failing hosts named one by one per check; the rest are counted
+SAMPLE = 3  # hosts each probe is asked on
+FETCH_TIMEOUT = 10.0
+_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str  # config, inventory, stages, journal, lock, freeze, window, quarantine, artifact, reach, probe
+    ok: bool
+    detail: str
+    fix: str | None = None
+    host: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "host": self.host, "detail": self.detail, "fix": self.fix}
+
+
+@dataclass
+class CheckReport:
+    version: str | None
+    checks: list[Check] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)  # every host Ansible could not reach
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def add(self, name: str, ok: bool, detail: str, fix: str | None = None, host: str | None = None) -> None:
+        self.checks.append(Check(name, ok, detail, None if ok else fix, host))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "version": self.version,
+            "checks": [c.to_json() for c in self.checks],
+            "failed": len(self.failures),
+            "unreachable": [{"host": h, "error": e} for h, e in self.unreachable.items()],
+        }
+
+
+def preflight(ctx: FleetContext, version: str | None = None, *, sample: int = SAMPLE) -> CheckReport:
+    """Run every check. Raises ConfigError/InventoryError (and UsageError for a malformed VERSION)."""
+    if version is not None:
+        try:
+            check_version(version)
+        except ValueError as exc:
+            raise UsageError(str(exc), "pass a release version such as 1.2.0") from None
+    report = CheckReport(version)
+    cfg, fleet = ctx.config, ctx.fleet  # raise as usual: exit 2
+    report.add(
+        "config", True, f"{cfg.path}: {len(cfg.rollout.stages)} stage(s), {len(cfg.health.probes)} probe(s)"
+    )
+    groups = {g for h in fleet.hosts.values() for g in h.groups}
+    report.add(
+        "inventory", True, f"{len(fleet)} host(s), {len(groups)} group(s) from {_paths(cfg.inventory)}"
+    )
+    _stages(ctx, report)
+    if _journal(ctx, report):
+        _lock(ctx, report)
+        _freezes(ctx, report)
+        if version:
+            _quarantine(ctx, report, version)
+    _windows(ctx, report)
+    reachable = _reach(ctx, report)
+    if version:
+        _artifact(ctx, report, version, reachable)
+    _probes(ctx, report, reachable, sample)
+    return report
+
+
+def _paths(paths: list[Path]) -> str:
+    return ", ".join(str(p) for p in paths)
+
+
+def _named(report: CheckReport, name: str, failed: dict[str, str], fix: str, what: str, total: int) -> None:
+    """One line per failing host for the first NAMED, then one line counting them all."""
+    for host, error in list(failed.items())[:NAMED]:
+        report.add(name, False, error, fix, host)
+    more = f" ({len(failed) - NAMED} more not named)" if len(failed) > NAMED else ""
+    report.add(name, False, f"{len(failed)} of {total} host(s) {what}{more}", fix)
+
+
+# -- configuration -----------------------------------------------------------------------------------
+def _stages(ctx: FleetContext, report: CheckReport) -> None:
+    fleet, taken = ctx.fleet, set()
+    for stage in ctx.config.rollout.stages:
+        members = [h for h in fleet.select(stage.hosts, required=False) if h not in taken]
+        taken.update(members)
+        if not members:
+            report.add(
+                "stages",
+                True,
+                f"stage {stage.name} (hosts: {stage.hosts}) matches no host not taken by an earlier stage",
+            )
+    left = [h for h in fleet.names if h not in taken]
+    if left:
+        report.add(
+            "stages",
+            False,
+            f"{len(left)} host(s) in no stage, never updated: {', '.join(left[:NAMED])}",
+            "end rollout.stages in fleet.yml with a stage `hosts: all` for the rest",
+        )
+    else:
+        report.add("stages", True, f"every host is in a stage ({len(ctx.config.rollout.stages)} stage(s))")
+
+
+# -- journal, lock, freezes, windows, quarantine ------------------------------------------------------
+def _journal(ctx: FleetContext, report: CheckReport) -> bool:
+    try:
+        store = ctx.store  # opening migrates
+        with store.tx() as conn:  # a write transaction that changes nothing proves the journal writable
+            version = current_version(conn)
+            conn.execute(
+                update(schema.meta).where(schema.meta.c.key == "schema_version").values(value=str(version))
+            )
+    except FleetError as exc:
+        report.add("journal", False, exc.message, exc.hint or "check `state:` in fleet.yml")
+        return False
+    shown = store.engine.url.render_as_string(hide_password=True)
+    ok = version == len(MIGRATIONS)
+    report.add(
+        "journal",
+        ok,
+        f"{shown}: writable, schema version {version}" + ("" if ok else f" of {len(MIGRATIONS)}"),
+        "upgrade fleetctl or open the journal once with this version to migrate it",
+    )
+    return True
+
+
+def _lock(ctx: FleetContext, report: CheckReport) -> None:
+    locks = ctx.store.locks
+    holder = locks.holder(ctx.lock_name)
+    if holder is None:
+        report.add("lock", True, "free")
+    elif locks.is_dead(holder):
+        report.add("lock", True, f"held by a dead holder ({holder.describe()}); the next run takes it over")
+    else:
+        report.add(
+            "lock",
+            False,
+            f"held by {holder.describe()}: a rollout now would exit 4",
+            "wait for that run (`fleetctl status`) or stop it (`fleetctl abort`)",
+        )
+
+
+def _freezes(ctx: FleetContext, report: CheckReport) -> None:
+    st = policy.status(ctx)
+    change = policy.fmt_instant(st.next_change) if st.next_change else None
+    if st.frozen:
+        causes = "; ".join(c.describe() for c in st.by)
+        report.add(
+            "freeze",
+            False,
+            f"frozen: {causes}" + (f"; lifts at {change}" if change else "; no end set"),
+            "wait for the freeze to end, lift it (`fleetctl freeze off --reason TEXT`), or roll out with "
+            "--override-freeze --reason TEXT",
+        )
+    else:
+        report.add(
+            "freeze", True, "no freeze in force" + (f"; the next begins at {change}" if change else "")
+        )
+
+
+def _windows(ctx: FleetContext, report: CheckReport) -> None:
+    specs = ctx.config.maintenance.windows
+    state = windows.maintenance_state(specs, ctx.now())
+    nxt = policy.fmt_instant(state.next_open) if state.next_open else None
+    if not specs:
+        detail = "no maintenance windows: scheduled runs may start any time"
+    elif state.open:
+        detail = f"window {state.window} open; no new batch after {policy.fmt_instant(state.closes_at)}"
+    else:
+        detail = "no window open now (scheduled runs wait)" + (f"; the next opens at {nxt}" if nxt else "")
+    report.add("window", True, detail)
+
+
+def _quarantine(ctx: FleetContext, report: CheckReport, version: str) -> None:
+    entry = ctx.store.quarantine.get(ctx.component, version)
+    if entry is None:
+        report.add("quarantine", True, f"{version} is not quarantined")
+        return
+    report.add(
+        "quarantine",
+        False,
+        f"{version} is quarantined since {entry.created_at:%Y-%m-%d %H:%M}Z (run {entry.run_id}): {entry.reason}",
+        f"if the fault is understood: fleetctl quarantine clear {version} --reason TEXT",
+    )
+
+
+# -- the nodes ---------------------------------------------------------------------------------------
+def _reach(ctx: FleetContext, report: CheckReport) -> list[str]:
+    """facts.yml on every host at once (rollback.forks wide); returns the hosts that answered."""
+    names = ctx.fleet.names
+    run = ctx.executor().run("facts.yml", names, forks=ctx.config.rollback.forks)
+    bad = {h: run.results[h].error or run.results[h].status for h in names if not run.results[h].ok}
+    report.unreachable = {h: e for h, e in bad.items() if run.results[h].status == "unreachable"}
+    ok = [h for h in names if h not in bad]
+    versions = Counter(run.results[h].version or "none" for h in ok)
+    shown = ", ".join(f"{v} on {n}" for v, n in versions.most_common())
+    answered = f"{len(ok)} of {len(names)} host(s) answered through Ansible" + (
+        f"; running {shown}" if shown else ""
+    )
+    if not bad:
+        report.add("reach", True, answered)
+        return ok
+    fix = f"check the host's address and SSH settings: ansible -i {_paths(ctx.config.inventory)} HOST -m ping"
+    _named(report, "reach", bad, fix, f"did not answer through Ansible ({answered})", len(names))
+    return ok
+
+
+def _probes(ctx: FleetContext, report: CheckReport, reachable: list[str], sample: int) -> None:
+    probes = ctx.config.health.probes
+    if not probes:
+        report.add(
+            "probe", False, "no health probes: a bake would pass any host", "add health.probes to fleet.yml"
+        )
+        return
+    fleet, base = ctx.fleet, ctx.prober()
+    for probe in probes:
+        label = f"{probe.kind} {probe.target}"
+        rendered, failed = _render_all(fleet.hosts.values(), probe)
+        if failed:
+            _named(
+                report,
+                "probe",
+                failed,
+                "define the variable for the host in the inventory",
+                f"cannot render {label}",
+                len(fleet),
+            )
+        sample_hosts = spread([h for h in reachable if h in rendered], sample)
+        if not sample_hosts:
+            report.add("probe", False, f"{label}: no reachable host to ask", "make a host reachable first")
+            continue
+        one = Prober(fleet, [probe], base.executor, ssh_runner=base.ssh_runner)
+        results = one.round(sample_hosts)
+        down = {h: r.error or "failed" for h, r in results.items() if not r.ok}
+        for host, error in down.items():
+            report.add(
+                "probe",
+                False,
+                error,
+                "is the controller running and listening? check the probe in fleet.yml",
+                host,
+            )
+        if not down:
+            report.add(
+                "probe", True, f"{label}: renders for every host; answered on {', '.join(sample_hosts)}"
+            )
+
+
+def spread(hosts: list[str], count: int) -> list[str]:
+    """Up to `count` hosts spread over the list (first, ..., last), in list order."""
+    if len(hosts) <= count:
+        return hosts
+    if count <= 1:
+        return hosts[:count]
+    return [hosts[round(i * (len(hosts) - 1) / (count - 1))] for i in range(count)]
+
+
+def _render_all(hosts: Any, probe: Probe) -> tuple[set[str], dict[str, str]]:
+    if probe.kind == "playbook":
+        return {h.name for h in hosts}, {}
+    ok, failed = set(), {}
+    for host in hosts:
+        try:
+            host.render(probe.target)
+            ok.add(host.name)
+        except InventoryError as exc:
+            failed[host.name] = exc.message
+    return ok, failed
+
+
+# -- the artifact --------------------------------------------------------------------------------------
+def _artifact(ctx: FleetContext, report: CheckReport, version: str, reachable: list[str]) -> None:
+    fleet = ctx.fleet
+    name = (reachable or fleet.names)[0]
+    host = node_view(ctx, fleet[name], version)
+    method = host.render("{{ hc_install_method }}")
+    if method == "package":
+        spec = host.render("{{ hc_package_spec }}")
+        report.add(
+            "artifact",
+            True,
+            f"install method package: each node's package manager installs {spec} (not checked here)",
+        )
+        return
+    try:
+        url = host.render("{{ hc_artifact_url }}")
+        expected = host.render("{{ hc_artifact_checksum }}").strip()
+        sums_url = host.render("{{ hc_artifact_checksum_url | default('') }}").strip()
+        auth = _auth(host)
+    except InventoryError as exc:
+        vault = "vault" in exc.message.lower()
+        fix = "set vault_password_file: in fleet.yml to the vault's password file" if vault else exc.hint
+        report.add("artifact", False, exc.message, fix, name)
+        return
+    fix = f"check that {version} is published, or hc_artifact_base_url / hc_artifact_url for {name}"
+    try:
+        digest, size = fetch_digest(url, auth)
+    except OSError as exc:
+        report.add("artifact", False, f"{version}: cannot fetch {redact(url)}: {_why(exc)}", fix, name)
+        return
+    origin = f"hc_artifact_checksum of {name}"
+    if not expected:
+        sums_url = sums_url or url.rsplit("/", 1)[0] + "/SHA256SUMS"
+        origin = redact(sums_url)
+        try:
+            expected = lookup_sum(sums_url, url.rsplit("/", 1)[-1], auth)
+        except OSError as exc:
+            report.add(
+                "artifact",
+                False,
+                f"{version}: no checksum: hc_artifact_checksum is empty and {origin}: {_why(exc)}",
+                "publish SHA256SUMS beside the artifact or set hc_artifact_checksum: sha256:<hex>",
+                name,
+            )
+            return
+    algo, _, want = expected.partition(":")
+    if algo != "sha256" or not _HEX.match(want):
+        report.add(
+            "artifact",
+            False,
+            f"{version}: checksum {expected!r} from {origin} is not sha256:<hex>",
+            "write it as sha256:<64 hex digits>",
+            name,
+        )
+    elif want.lower() != digest:
+        report.add(
+            "artifact",
+            False,
+            f"{version}: {redact(url)} has sha256:{digest}, {origin} says {expected}",
+            "republish the artifact or fix its checksum",
+            name,
+        )
+    else:
+        report.add("artifact", True, f"{version}: {redact(url)} ({size} bytes) matches sha256 from {origin}")
+
+
+def node_view(ctx: FleetContext, host: Host, version: str) -> Host:
+    """The host as the role sees it for `version`: role defaults, then inventory, then fleet.yml vars.
+    Defaults and fleet.yml are the operator's own files: their templates are trusted, as Ansible does."""
+    from ansible.template import trust_as_template
+
+    roles = ctx.config.playbooks or playbooks_dir()
+    defaults = yaml.safe_load((roles / "roles" / "host_controller" / "defaults" / "main.yml").read_text())
+    trusted = {
+        k: trust_as_template(v) if isinstance(v, str) else v
+        for k, v in {**(defaults or {}), **ctx.config.vars}.items()
+        if k not in host.vars or k in ctx.config.vars
+    }
+    return Host(host.name, host.groups, {**host.vars, **trusted, "hc_version": version})
+
+
+def _auth(host: Host) -> str | None:
+    if "hc_artifact_password" not in host.vars:
+        return None
+    password = host.render("{{ hc_artifact_password }}")
+    if not password:
+        return None
+    user = host.render("{{ hc_artifact_user | default('') }}")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _open(url: str, auth: str | None) -> Any:
+    if "://" not in url:
+        url = Path(url).resolve().as_uri()
+    request = urllib.request.Request(url, headers={"User-Agent": "fleetctl-check"})
+    if auth and url.startswith(("http://", "https://")):
+        request.add_header("Authorization", auth)
+    return urllib.request.urlopen(request, timeout=FETCH_TIMEOUT)  # noqa: S310 - file:// is the sim's store
+
+
+def fetch_digest(url: str, auth: str | None = None) -> tuple[str, int]:
+    """sha256 hex and size of what `url` serves (http(s), file:// or a path)."""
+    digest, size = hashlib.sha256(), 0
+    with _open(url, auth) as resp:
+        for chunk in iter(lambda: resp.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def lookup_sum(sums_url: str, filename: str, auth: str | None = None) -> str:
+    """`sha256:<hex>` for `filename` in a SHA256SUMS file (`<hex>  name` or `<hex> *name` lines)."""
+    with _open(sums_url, auth) as resp:
+        text = resp.read(1 << 20).decode("utf-8", "replace")
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == filename:
+            return f"sha256:{parts[0].lower()}"
+    raise FileNotFoundError(f"no line for {filename}")
+
+
+def redact(url: str) -> str:
+    """The URL without user:password@."""
+    return re.sub(r"//[^/@]*@", "//", url)
+
+
+def _why(exc: OSError) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        if isinstance(reason, FileNotFoundError):
+            return "no such file"
+        return str(getattr(reason, "strerror", None) or reason)
+    return str(exc.strerror or exc)
