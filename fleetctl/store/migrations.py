@@ -36,7 +36,12 @@ def _v2_guards(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=guards.TABLES)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2_guards]
+def _v3_ansible_groups(conn: Connection) -> None:
+    """Ansible process groups, so that resume, rollback and a lock takeover end a dead holder's."""
+    schema.metadata.create_all(conn, tables=[schema.ansible_groups])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2_guards, _v3_ansible_groups]
 
 
 def current_version(conn: Connection) -> int:

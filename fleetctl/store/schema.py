@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     Float,
@@ -177,4 +178,22 @@ audit = Table(
     Column("subject", String(255)),
     Column("reason", Text),
     Column("details", JSON),
+)
+
+# v3: the Ansible process groups fleetctl processes run, so that a dead one's can be ended (orphans.py).
+ansible_groups = Table(
+    "ansible_groups",
+    metadata,
+    Column("marker", String(64), primary_key=True),  # in the environment of each of its processes
+    Column("hostname", String(255), nullable=False),  # the machine it runs on
+    Column("boot_id", String(64)),
+    Column("owner_pid", Integer, nullable=False),  # the fleetctl process that started it
+    Column("owner_start", BigInteger),  # its start time (clock ticks since boot): pids are recycled
+    Column("pgid", Integer),
+    Column("pid", Integer),
+    Column("start", BigInteger),
+    Column("run_id", String(64)),
+    Column("playbook", String(255), nullable=False),
+    Column("hosts", JSON),
+    Column("started_at", UTCDateTime, nullable=False),
 )
