@@ -180,6 +180,11 @@ inventory: {_q(inventory)}
 # The journal: a SQLite path (beside this file) or a SQLAlchemy URL (postgresql+psycopg://host/db).
 state: fleetctl.db
 
+# Release archives: without a digest (hc_artifact_checksum or a SHA256SUMS beside the archive) a node
+# accepts an archive only when it came over https all the way:
+# artifacts:
+#   require_checksum: true
+
 # Extra variables for every playbook run (they override the inventory), e.g. a staging artifact store:
 # vars:
 #   hc_artifact_base_url: https://artifacts.example.net/host-controller

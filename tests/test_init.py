@@ -119,3 +119,14 @@ def test_init_text_output_names_the_path_and_stages(tmp_path: Path, cli: Cli) ->
     out = cli(["init", "-i", str(EXAMPLE), "--dir", str(tmp_path)]).stdout
     assert f"wrote {tmp_path / 'fleet.yml'}" in out
     assert "stage canary: hosts canary (1 now)" in out and "stage rest: hosts all (6 now)" in out
+
+
+def test_the_commented_windows_are_valid_config_when_uncommented(tmp_path: Path, cli: Cli) -> None:
+    inv = flat_inventory(tmp_path / "hosts.yml", 3)
+    cli(["init", "-i", str(inv), "--dir", str(tmp_path)])
+    config = tmp_path / "fleet.yml"
+    head, _, examples = config.read_text().partition("# Change freezes and maintenance windows")
+    config.write_text(head + "\n".join(line.removeprefix("# ") for line in examples.splitlines()[1:]) + "\n")
+    cfg = load_config(config)
+    assert [w.name for w in cfg.freeze.windows] == ["year-end"]
+    assert [w.name for w in cfg.maintenance.windows] == ["nightly"]
