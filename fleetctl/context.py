@@ -7,6 +7,7 @@ inventory and store are loaded lazily and once.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from fleetctl.health import Prober
 from fleetctl.inventory import Fleet, load_inventory
 from fleetctl.resources import playbooks_dir
 from fleetctl.store import Store
+
+log = logging.getLogger("fleetctl.events")
 
 
 def _vault_env(cfg: FleetConfig) -> dict[str, str]:
@@ -65,7 +68,7 @@ class FleetContext:
     def store(self) -> Store:
         url = self.db_url or self.env.get("FLEETCTL_DB") or None
         if url and "://" not in url:  # a path typed at the shell is relative to where it was typed
-            url = f"sqlite:///{Path(url).resolve()}"
+            url = f"sqlite:///{os.path.abspath(url)}"  # not resolved: a symlink is refused
         return Store.open(self.config.state_url(url), clock=self.clock)
 
     @property
@@ -90,7 +93,7 @@ class FleetContext:
                 inventory=cfg.inventory,
                 playbooks=cfg.playbooks or playbooks_dir(),
                 work_dir=self.state_dir / "runner",
-                extravars=dict(cfg.vars),
+                extravars=cfg.playbook_vars(),
                 envvars={**_vault_env(cfg), **cfg.env},
             )
         )
@@ -106,4 +109,11 @@ class FleetContext:
         return Prober(self.fleet, probes, executor or self.executor(), ssh_runner=ssh)
 
     def emit(self, event_kind: str, run_id: str | None = None, /, **data: object) -> None:
-        self.events(Event(event_kind, run_id, dict(data), self.now()))
+        """Tell the event sink. A sink that fails (a renderer choking on what a node answered) is logged
+        and never stops the caller: rendering must not end a run before its rollback."""
+        event = Event(event_kind, run_id, dict(data), self.now())
+        try:
+            self.events(event)
+        except Exception as exc:  # noqa: BLE001 - the sink is outside the engine's concern
+            log.warning("fleetctl: could not show event %s: %s: %s", event_kind, type(exc).__name__, exc)
+            log.debug("event sink traceback", exc_info=True)

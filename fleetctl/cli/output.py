@@ -1,5 +1,11 @@
 """Output defined once: data to stdout (JSON with --json), progress and logs to stderr, no colours or
-bars when the stream is not a terminal."""
+bars when the stream is not a terminal.
+
+Data is never markup. Reasons, errors, versions, host names and whatever a node answered are printed as
+they are: every console fleetctl prints through comes from `console()` (rich markup, emoji codes and
+highlighting off), and colour comes only from `styled()`, a Text whose style is set apart from its
+content. So a reason like `[/]` or a health answer with brackets in its status line prints literally and
+can never raise rich's MarkupError."""
 
 from __future__ import annotations
 
@@ -12,8 +18,19 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fleetctl.context import FleetContext
+
+
+def console(stderr: bool = False, **options: Any) -> Console:
+    """A console that prints data literally (no markup, no emoji codes, no highlighting)."""
+    return Console(stderr=stderr, markup=False, emoji=False, highlight=False, **options)
+
+
+def styled(text: object, style: str) -> Text:
+    """`text` (any data) in `style`, without parsing it as markup."""
+    return Text(str(text), style=style)
 
 
 @dataclass
@@ -22,10 +39,8 @@ class CliState:
 
     ctx: FleetContext
     debug: bool = False
-    out: Console = field(
-        default_factory=lambda: Console(highlight=False, width=None if sys.stdout.isatty() else 250)
-    )
-    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    out: Console = field(default_factory=lambda: console(width=None if sys.stdout.isatty() else 250))
+    err: Console = field(default_factory=lambda: console(stderr=True))
 
     @property
     def interactive(self) -> bool:
@@ -49,8 +64,8 @@ def _default(value: Any) -> Any:
 
 
 def table(*columns: str) -> Table:
-    t = Table(*columns, box=None, pad_edge=False, header_style="bold")
-    return t
+    """A plain table; print it through a `console()`, which renders its str cells literally."""
+    return Table(*columns, box=None, pad_edge=False, header_style="bold")
 
 
 def when(value: datetime | None) -> str:

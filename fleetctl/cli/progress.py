@@ -18,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from fleetctl.cli.output import console, styled
 from fleetctl.events import Event
 from fleetctl.units import format_duration
 
@@ -38,7 +39,7 @@ class Renderer:
 
     def __init__(self, mode: str, err: Console | None = None) -> None:
         self.mode = mode
-        self.err = err or Console(stderr=True, highlight=False)
+        self.err = err or console(stderr=True)
         self.progress: Progress | None = None
         self.task: Any = None
         self.total = 0
@@ -81,14 +82,14 @@ class Renderer:
             self.total = int(d.get("hosts") or 0)
             self.started = time.monotonic()
             self.progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
+                TextColumn("{task.fields[rate]}", markup=False),
                 TimeElapsedColumn(),
-                TextColumn("eta"),
+                TextColumn("eta", markup=False),
                 TimeRemainingColumn(),
-                TextColumn("{task.fields[note]}"),
+                TextColumn("{task.fields[note]}", markup=False),
                 console=self.err,
                 transient=False,
                 refresh_per_second=4,
@@ -107,7 +108,7 @@ class Renderer:
             rate = len(self.finished) / max(0.001, time.monotonic() - self.started)
             self.progress.update(self.task, completed=len(self.finished), rate=f"{rate:.1f} hosts/s")
             if d.get("status") != "ok":
-                self.progress.console.print(f"[red]✗ {d['host']}[/red]: {d.get('error')}")
+                self.progress.console.print(styled(f"✗ {d['host']}", "red"), f": {d.get('error')}", sep="")
         elif event.kind == "bake.tick":
             self.progress.update(self.task, note=f"bake {d['stage']}: {format_duration(d['remaining'])} left")
         elif event.kind in ("batch.started", "stage.started"):
@@ -118,7 +119,7 @@ class Renderer:
             self.progress.update(
                 self.task, description="rollback", total=d.get("hosts") or 0, completed=0, note=""
             )
-            self.progress.console.print(f"[yellow]{self._line(event)}[/yellow]")
+            self.progress.console.print(styled(self._line(event), "yellow"))
         else:
             self.progress.console.print(self._line(event))
 
@@ -145,6 +146,8 @@ class Renderer:
             return f"rolling back {d['hosts']} host(s): {d.get('reason')}"
         if k == "run.finished":
             return f"run {event.run_id} {d['status']}" + (f": {d['reason']}" if d.get("reason") else "")
+        if k == "message":
+            return str(d.get("text"))
         if k == "refresh.started":
             return f"asking {d['hosts']} host(s) what they run"
         return f"{k} {json.dumps(d, default=str)}"

@@ -169,7 +169,9 @@ def load(
     reply = fleet.set_load(dir, not off)
     if json_out:
         return _print_json({"load": not off, "reply": reply})
-    typer.echo(f"{reply}: controllers of a release that fails under load {'answer again' if off else 'now block'}")
+    typer.echo(
+        f"{reply}: controllers of a release that fails under load {'answer again' if off else 'now block'}"
+    )
 
 
 @app.command()
