@@ -59,13 +59,26 @@ def write_artifacts(directory: Path, hang_after: float) -> dict[str, str]:
     """
     directory.mkdir(parents=True, exist_ok=True)
     sums: dict[str, str] = {}
-    lines = []
     for version in (*HEALTHY_VERSIONS, FAULTY_VERSION):
         data = build_tarball(version, hang_after if version == FAULTY_VERSION else None)
         _atomic_write(directory / artifact_name(version), data)
         sums[version] = hashlib.sha256(data).hexdigest()
-        lines.append(f"{sums[version]}  {artifact_name(version)}\n")
-    _atomic_write(directory / "SHA256SUMS", "".join(lines).encode())
+    write_checksums(directory)
+    return sums
+
+
+def publish(directory: Path, version: str, data: bytes) -> str:
+    """Put an archive into the store as the release `version` and list it in SHA256SUMS (the way a
+    build pipeline publishes). Returns its sha256 hex digest."""
+    _atomic_write(directory / artifact_name(version), data)
+    return write_checksums(directory)[artifact_name(version)]
+
+
+def write_checksums(directory: Path) -> dict[str, str]:
+    """(Re)write SHA256SUMS ("<hex>  <name>" lines, as sha256sum writes them) for every archive in
+    `directory`. The nodes check every archive against it (hc_release). Returns name -> hex digest."""
+    sums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.tar.gz"))}
+    _atomic_write(directory / "SHA256SUMS", "".join(f"{d}  {n}\n" for n, d in sums.items()).encode())
     return sums
 
 

@@ -21,7 +21,13 @@ options:
   state: {description: present (stage only), active (stage if needed, switch, restart, wait) or query,
           type: str, choices: [present, active, query], default: active}
   artifact_url: {description: release archive (file://, http(s):// or a path), type: str}
-  checksum: {description: "expected archive digest, 'sha256:<hex>'", type: str}
+  checksum: {description: "expected archive digest, 'sha256:<hex>'; empty: look it up in checksum_url", type: str}
+  checksum_url: {description: "a SHA256SUMS file; empty: SHA256SUMS in the archive's own directory", type: str}
+  require_checksum: {description: "refuse an archive fetched over anything but https without a digest",
+                     type: bool, default: true}
+  download_timeout: {description: seconds for the whole download (SHA256SUMS and archive), type: float,
+                     default: 300}
+  max_bytes: {description: largest archive accepted, in bytes, type: int, default: 2147483648}
   install_method: {description: archive (unpack artifact_url) or package (the OS package manager), type: str,
                    choices: [archive, package], default: archive}
   package_spec: {description: "pinned package, e.g. host-controller=1.2.0 (apt) or host-controller-1.2.0 (dnf)",
@@ -36,8 +42,6 @@ options:
   wait_timeout: {description: seconds to wait for the controller after a restart, type: float, default: 30}
 """
 
-import base64
-import hashlib
 import os
 import shutil
 import socket
@@ -51,6 +55,8 @@ except ImportError:  # pragma: no cover - Python 2 nodes are not supported
     urlopen = None
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.hc_archive import UnsafeArchive, safe_extract
+from ansible.module_utils.hc_artifact import ChecksumError, FetchError, expected_digest, fetch, redact, sha256
 
 
 def current_version(root):
@@ -59,31 +65,6 @@ def current_version(root):
     except OSError:
         return None
     return os.path.basename(target.rstrip("/"))
-
-
-def fetch(url, dest, user=None, password=None):
-    if url.startswith("file://"):
-        url = url[len("file://") :]
-    if "://" not in url:
-        shutil.copyfile(url, dest)
-        return
-    request = url
-    if password:
-        from urllib.request import Request
-
-        token = base64.b64encode(("%s:%s" % (user or "", password)).encode()).decode()
-        request = Request(url, headers={"Authorization": "Basic " + token})
-    resp = urlopen(request, timeout=60)
-    with open(dest, "wb") as out:
-        shutil.copyfileobj(resp, out)
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def install_package(module, spec):
@@ -129,28 +110,67 @@ def stage(module, root, version):
     work = tempfile.mkdtemp(prefix=".stage-%s-" % version, dir=releases)
     try:
         archive = os.path.join(work, "release.tar.gz")
-        try:
-            fetch(url, archive, module.params["artifact_user"], module.params["artifact_password"])
-        except Exception as exc:  # noqa: BLE001 - reported to the operator as the host's error
-            module.fail_json(msg="cannot fetch %s: %s" % (url, exc))
-        expected = module.params["checksum"]
-        if expected:
-            algo, _, want = expected.partition(":")
-            got = sha256(archive)
-            if algo != "sha256" or got != want.lower():
-                module.fail_json(
-                    msg="checksum mismatch for %s: expected %s, got sha256:%s" % (url, expected, got)
-                )
+        fetch_verified(module, url, archive)
         tree = os.path.join(work, "tree")
-        with tarfile.open(archive) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tree, filter="data")
-            else:  # pragma: no cover - old Python on the node
-                tar.extractall(tree)
+        try:
+            safe_extract(archive, tree)
+        except UnsafeArchive as exc:
+            module.fail_json(msg="refused %s: %s" % (redact(url), exc))
+        except (tarfile.TarError, EnvironmentError) as exc:
+            module.fail_json(msg="cannot unpack %s: %s" % (redact(url), exc))
         os.rename(tree, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return True
+
+
+def fetch_verified(module, url, archive):
+    """Download the archive within one deadline and check its digest (required unless all-https)."""
+    p = module.params
+    deadline = time.time() + p["download_timeout"]
+    auth = (p["artifact_user"], p["artifact_password"])
+    try:
+        want, source = expected_digest(
+            url,
+            p["checksum"],
+            p["checksum_url"],
+            archive + ".sums",
+            *auth,
+            timeout=min(60.0, p["download_timeout"]),
+        )
+    except (ChecksumError, FetchError) as exc:
+        module.fail_json(msg=str(exc))
+    insecure = not url.lower().startswith("https://")
+    if want is None and p["require_checksum"] and insecure:
+        module.fail_json(msg=missing_checksum(url, source))
+    try:
+        secure = fetch(
+            url,
+            archive,
+            *auth,
+            timeout=max(0.1, deadline - time.time()),
+            max_bytes=p["max_bytes"],
+            budget=p["download_timeout"],
+        )
+    except FetchError as exc:
+        module.fail_json(msg=str(exc))
+    if want is None and p["require_checksum"] and not secure:
+        module.fail_json(msg=missing_checksum(url, "it was redirected off https"))
+    if want is not None:
+        got = sha256(archive)
+        if got != want:
+            module.fail_json(
+                msg="checksum mismatch for %s: expected sha256:%s (from %s), got sha256:%s"
+                % (redact(url), want, source, got)
+            )
+
+
+def missing_checksum(url, why):
+    return (
+        "no checksum for %s (%s): set hc_artifact_checksum to 'sha256:<hex>', publish a SHA256SUMS next to "
+        "the archive (or point hc_artifact_checksum_url at one), or serve artifacts over https; to accept "
+        "unverified archives set `artifacts: {require_checksum: false}` in fleet.yml" % (redact(url), why)
+    )
 
 
 def prune(root, keep, protect):
@@ -240,6 +260,10 @@ def main():
             state=dict(type="str", default="active", choices=["present", "active", "query"]),
             artifact_url=dict(type="str"),
             checksum=dict(type="str", default=""),
+            checksum_url=dict(type="str", default=""),
+            require_checksum=dict(type="bool", default=True),
+            download_timeout=dict(type="float", default=300.0),
+            max_bytes=dict(type="int", default=2 << 30),
             install_method=dict(type="str", default="archive", choices=["archive", "package"]),
             package_spec=dict(type="str"),
             artifact_user=dict(type="str"),
@@ -268,6 +292,8 @@ def main():
     module.fail_json = fail_with_state
     if state == "query":
         module.exit_json(changed=False, hc_version=previous, hc_previous=previous)
+    if p["download_timeout"] <= 0 or p["max_bytes"] <= 0:
+        module.fail_json(msg="hc_download_timeout and hc_artifact_max_bytes must be positive")
     if version in ("", ".", "..") or "/" in version:
         module.fail_json(msg="no valid version given (%r): pass hc_version or hc_rollback_version" % version)
 
