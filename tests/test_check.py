@@ -112,3 +112,9 @@ def test_bad_usage_is_exit_2(make_sim, cli: Cli, tmp_path: Path) -> None:
     assert "not a plain version" in r.stderr
     r = cli("check", env={"FLEETCTL_CONFIG": str(tmp_path / "none.yml")}, code=2)
     assert "no fleet configuration" in r.stderr
+
+
+def test_text_output_escapes_control_characters() -> None:
+    from fleetctl.cli.setup_cmds import _plain
+
+    assert _plain("node-1: \x1b[31mred\x1b[0m\nnext") == "node-1: \\x1b[31mred\\x1b[0m\\nnext"

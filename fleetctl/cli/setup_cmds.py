@@ -54,8 +54,13 @@ def check(
         for c in report.checks:  # plain echo: hosts and errors are data, never markup
             where = f"{c.host}: " if c.host else ""
             fix = f" -- fix: {c.fix}" if c.fix else ""
-            typer.echo(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<10} {where}{c.detail}{fix}")
+            typer.echo(_plain(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<10} {where}{c.detail}{fix}"))
     if not report.ok:
         raise CheckFailed(
             f"{len(report.failures)} check(s) failed", "fix them and run `fleetctl check` again"
         )
+
+
+def _plain(text: str) -> str:
+    """One line, control characters escaped: what a node or Ansible answered cannot drive the terminal."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
