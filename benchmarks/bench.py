@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py rollout  --nodes 100          # fleetctl rollout vs plain ansible-playbook update.yml
     python benchmarks/bench.py rollback --nodes 30 100 300   # rollback vs rollout, hosts/s, vs plain rollback.yml
-    python benchmarks/bench.py probes   --nodes 1000         # one health round over N hosts (healthy, then hung)
+    python benchmarks/bench.py probes   --nodes 1000         # one health round: fleetctl vs bare aiohttp/httpx
     python benchmarks/bench.py ssh      --nodes 5            # versions --refresh --via ssh vs facts.yml (needs netns)
 
 Results are printed as a table and appended to benchmarks/results.jsonl.
@@ -11,6 +11,7 @@ Results are printed as a table and appended to benchmarks/results.jsonl.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -181,9 +182,14 @@ def bench_rollback(nodes: int, repeats: int = 2) -> None:
         simfleet.stop(info.dir)
 
 
-def bench_probes(nodes: int) -> None:
+def bench_probes(nodes: int, repeats: int = 5) -> None:
+    """One healthy round over N simulated controllers through fleetctl's Prober (aiohttp), interleaved with
+    the same GETs through bare aiohttp and bare httpx (the two clients the HTTP probes were chosen
+    between, issue 10), all at most 512 at once on one loop. Medians of `repeats` rounds."""
+    import asyncio
+
     from fleetctl.config import Probe
-    from fleetctl.health import Prober
+    from fleetctl.health import MAX_CONCURRENT, Prober
     from fleetctl.inventory import load_inventory
 
     info = make_sim(nodes)
@@ -191,14 +197,71 @@ def bench_probes(nodes: int) -> None:
         fleet = load_inventory([info.inventory])
         probe = Probe(http="http://{{ ansible_host }}:{{ hc_port }}/health", timeout=2.0)
         prober = Prober(fleet, [probe])
-        prober.round(fleet.names)  # render and cache the URLs
-        started = time.monotonic()
-        res = prober.round(fleet.names)
-        healthy = time.monotonic() - started
-        assert all(r.ok for r in res.values())
-        record("probes", {"nodes": nodes, "healthy_round_s": round(healthy, 3), "timeout_s": probe.timeout})
+        prober.round(fleet.names)  # render and cache the targets
+        urls = [fleet[h].render(probe.target) for h in fleet.names]
+        rounds: dict[str, list[float]] = {"fleetctl": [], "aiohttp": [], "httpx": []}
+        clients = {"aiohttp": _aiohttp_round, "httpx": _httpx_round}
+        if importlib.util.find_spec("httpx") is None:  # not a dependency: `pip install httpx` to compare
+            del clients["httpx"]
+        for _ in range(repeats):
+            started = time.monotonic()
+            res = prober.round(fleet.names)
+            rounds["fleetctl"].append(round(time.monotonic() - started, 3))
+            assert all(r.ok for r in res.values()), [r.error for r in res.values() if not r.ok][:3]
+            for name, client in clients.items():
+                started = time.monotonic()
+                oks = asyncio.run(client(urls, MAX_CONCURRENT, probe.timeout))
+                rounds[name].append(round(time.monotonic() - started, 3))
+                assert all(oks), name
+        record(
+            "probes",
+            {
+                "nodes": nodes,
+                "client": "aiohttp",
+                "healthy_round_s": median(rounds["fleetctl"]),
+                "bare_aiohttp_round_s": median(rounds["aiohttp"]),
+                "bare_httpx_round_s": median(rounds["httpx"]) if rounds["httpx"] else None,
+                "rounds": rounds,
+                "timeout_s": probe.timeout,
+            },
+        )
     finally:
         simfleet.stop(info.dir)
+
+
+async def _aiohttp_round(urls: list[str], limit: int, timeout: float) -> list[bool]:
+    import asyncio
+
+    import aiohttp
+
+    gate = asyncio.Semaphore(limit)
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+        async def one(url: str) -> bool:
+            async with gate, asyncio.timeout(timeout):
+                async with session.get(url, allow_redirects=False) as resp:
+                    await resp.read()
+                    return resp.status == 200
+
+        return await asyncio.gather(*(one(u) for u in urls))
+
+
+async def _httpx_round(urls: list[str], limit: int, timeout: float) -> list[bool]:
+    import asyncio
+
+    import httpx
+
+    gate = asyncio.Semaphore(limit)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+    async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
+
+        async def one(url: str) -> bool:
+            async with gate, asyncio.timeout(timeout):
+                resp = await client.get(url)
+                return resp.status_code == 200
+
+        return await asyncio.gather(*(one(u) for u in urls))
 
 
 def bench_ssh(nodes: int) -> None:

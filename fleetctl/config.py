@@ -6,6 +6,7 @@ Where the file comes from: `--config PATH`, else `FLEETCTL_CONFIG`, else `./flee
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +26,7 @@ def _count_or_percent(raw: Any) -> CountOrPercent:
 
 
 Amount = Annotated[CountOrPercent, BeforeValidator(_count_or_percent)]
+JsonScalar = str | int | float | bool | None
 
 
 class _Model(BaseModel):
@@ -117,7 +119,9 @@ def _probe_paths(base: Path, probe: Any) -> Any:
     if not isinstance(probe, dict):
         return probe
     return {
-        k: str(_resolve(base, v)) if k in _TLS_PATHS and isinstance(v, str) and v and not v.startswith(("{{", "{%")) else v
+        k: str(_resolve(base, v))
+        if k in _TLS_PATHS and isinstance(v, str) and v and not v.startswith(("{{", "{%"))
+        else v
         for k, v in probe.items()
     }
 
@@ -256,6 +260,9 @@ def load_config(path: Path) -> FleetConfig:
         data["vault_password_file"] = _resolve(base, data["vault_password_file"])
     if data.get("playbooks"):
         data["playbooks"] = _resolve(base, data["playbooks"])
+    health = data.get("health")
+    if isinstance(health, dict) and isinstance(health.get("probes"), list):
+        data["health"] = dict(health, probes=[_probe_paths(base, p) for p in health["probes"]])
     if isinstance(data.get("ssh"), dict):
         data["ssh"] = {
             k: (_resolve(base, v) if k in ("known_hosts", "key") and v else v) for k, v in data["ssh"].items()

@@ -1,24 +1,26 @@
 """Health probes (http, tcp, playbook; ssh arrives with fleetctl.ssh) and the gate that bakes a batch.
 
-A probe round checks many hosts at once: HTTP and TCP probes run on one asyncio loop, so 1000 answering
-hosts take well under a second and hanging ones cost at most the probe timeout. A timeout, a refused
+A probe round checks many hosts at once: HTTP (aiohttp, fleetctl.probes_http) and TCP probes run on one
+asyncio loop, so 1000 answering hosts take well under a second and hanging ones cost at most the probe
+timeout. A timeout, a refused
 connection or an unexpected answer is a failed probe; `failures_to_fail` consecutive failures fail a host.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 from fleetctl.config import HealthConfig, Probe
 from fleetctl.executor import Executor
 from fleetctl.inventory import Fleet
+
+if TYPE_CHECKING:
+    from fleetctl.probes_http import HttpTarget
 
 MAX_CONCURRENT = 512
 
@@ -47,6 +49,7 @@ class Prober:
         self.executor = executor
         self.ssh_runner = ssh_runner
         self._targets: dict[tuple[int, str], str] = {}
+        self._http_targets: dict[tuple[int, str], HttpTarget] = {}
 
     def _target(self, index: int, probe: Probe, host: str) -> str:
         key = (index, host)
@@ -73,24 +76,51 @@ class Prober:
         return results
 
     async def _network_round(self, index: int, probe: Probe, hosts: list[str]) -> dict[str, ProbeResult]:
+        if probe.kind == "tcp":
+            target = lambda h: self._target(index, probe, h)  # noqa: E731
+            return await self._gather(probe, hosts, target, lambda h: _tcp_check(target(h)))
+        from fleetctl import probes_http  # aiohttp: imported only when a round probes HTTP
+
+        targets = {h: self._http_target(index, probe, h) for h in hosts}
+        async with probes_http.Client() as client:
+            return await self._gather(
+                probe, hosts, lambda h: targets[h].url, lambda h: client.check(targets[h], probe)
+            )
+
+    def _http_target(self, index: int, probe: Probe, host: str) -> HttpTarget:
+        key = (index, host)
+        if key not in self._http_targets:
+            from fleetctl.probes_http import render_target
+
+            self._http_targets[key] = render_target(probe, self.fleet[host])
+        return self._http_targets[key]
+
+    async def _gather(
+        self,
+        probe: Probe,
+        hosts: list[str],
+        label: Callable[[str], str],
+        check: Callable[[str], Awaitable[str | None]],
+    ) -> dict[str, ProbeResult]:
+        """Run `check` (None: passed, else a reason) for every host, at most MAX_CONCURRENT at once, each
+        bounded by the probe's timeout; anything else a check raises is a failed probe, never a crash."""
         gate = asyncio.Semaphore(MAX_CONCURRENT)
 
         async def one(host: str) -> ProbeResult:
             async with gate:
-                target = self._target(index, probe, host)
+                target = label(host)
                 started = time.monotonic()
                 try:
                     async with asyncio.timeout(probe.timeout):
-                        if probe.kind == "http":
-                            await _http_check(target, probe)
-                        else:
-                            await _tcp_check(target)
+                        error = await check(host)
                 except TimeoutError:
                     return ProbeResult(
                         host, False, None, f"{probe.kind} {target}: no answer within {probe.timeout:g}s"
                     )
-                except (OSError, ProbeFailed, ValueError) as exc:
-                    return ProbeResult(host, False, _ms(started), f"{probe.kind} {target}: {_reason(exc)}")
+                except (OSError, ValueError) as exc:
+                    error = _reason(exc)
+                if error is not None:
+                    return ProbeResult(host, False, _ms(started), f"{probe.kind} {target}: {error}")
                 return ProbeResult(host, True, _ms(started))
 
         return {r.host: r for r in await asyncio.gather(*(one(h) for h in hosts))}
@@ -125,10 +155,6 @@ class Prober:
         }
 
 
-class ProbeFailed(Exception):
-    pass
-
-
 def _ms(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 2)
 
@@ -139,64 +165,13 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _http_check(url: str, probe: Probe) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    context = ssl.create_default_context() if parts.scheme == "https" else None
-    reader, writer = await asyncio.open_connection(parts.hostname, port, ssl=context)
-    try:
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        writer.write(
-            f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\nUser-Agent: fleetctl-probe\r\n\r\n".encode()
-        )
-        await writer.drain()
-        raw = await _read_response(reader)
-    finally:
-        writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-    fields = status_line.split()
-    if len(fields) < 2 or not fields[1].isdigit():
-        raise ProbeFailed(
-            f"bad HTTP answer {status_line[:60]!r}" if raw else "connection closed without an answer"
-        )
-    if int(fields[1]) != probe.expect_status:
-        raise ProbeFailed(f"status {fields[1]}, expected {probe.expect_status}")
-    if probe.expect_body and not re.search(probe.expect_body, body.decode("utf-8", "replace")):
-        raise ProbeFailed(f"body does not match {probe.expect_body!r}")
-
-
-async def _read_response(reader: asyncio.StreamReader, limit: int = 65536) -> bytes:
-    """The status line, headers and body (Content-Length bytes, else until EOF), at most `limit` bytes."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        return exc.partial
-    except asyncio.LimitOverrunError:
-        return await reader.read(limit)
-    length = None
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            length = min(int(value.strip()), limit)
-    if length is not None:
-        try:
-            body = await reader.readexactly(length)
-        except asyncio.IncompleteReadError as exc:
-            body = exc.partial
-    else:
-        body = await reader.read(limit)
-    return head + body
-
-
-async def _tcp_check(target: str) -> None:
+async def _tcp_check(target: str) -> str | None:
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"tcp probe target must be host:port, got {target!r}")
     _reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
     writer.close()
+    return None
 
 
 @dataclass
