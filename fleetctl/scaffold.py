@@ -80,7 +80,7 @@ def derive_stages(fleet: Fleet) -> list[StageSpec]:
         canary = "canary" if "canary" in groups else "all[0]"
         stages = [StageSpec("canary", canary, 1, "15m", count(canary), 0, "one host at a time")]
         for ring in rings:
-            stages.append(StageSpec(ring, ring, "50%", "10m", count(ring), note="two batches"))
+            stages.append(StageSpec(ring, ring, "50%", "10m", count(ring)))
         rest = count("all")
         stages.append(StageSpec("rest", "all", "25%", "5m", rest, note="every host in no stage above"))
         return stages
