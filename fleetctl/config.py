@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fleetctl.errors import ConfigError
 from fleetctl.units import CountOrPercent, parse_duration
@@ -53,6 +61,16 @@ class Probe(_Model):
     client_cert: str | None = None  # PEM client certificate for mTLS (may hold the key too)
     client_key: str | None = None  # PEM key of client_cert, unencrypted
     server_name: str | None = None  # TLS name to verify and send as SNI, when the URL holds an address
+
+    @field_validator("expect_body")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> Probe:
@@ -126,10 +144,22 @@ def _probe_paths(base: Path, probe: Any) -> Any:
     }
 
 
+def _positive(seconds: float, example: str) -> float:
+    """A duration that cannot be zero (an interval, a timeout)."""
+    if seconds <= 0:
+        raise ValueError(f"must be a positive duration (e.g. {example}), not {seconds:g}")
+    return seconds
+
+
 class HealthConfig(_Model):
     interval: Duration = 10.0
     failures_to_fail: int = Field(2, ge=1)
     probes: list[Probe] = []
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        return _positive(value, "10s")
 
 
 class Stage(_Model):
@@ -191,6 +221,21 @@ class SshConfig(_Model):
     connect_timeout: Duration = 10.0
     command_timeout: Duration = 30.0
 
+    @field_validator("connect_timeout", "command_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        return _positive(value, "10s")
+
+
+class ArtifactsConfig(_Model):
+    """Release archives on the nodes. Without a digest (hc_artifact_checksum or a SHA256SUMS beside the
+    archive) an archive fetched over anything but https fails the host, unless require_checksum is false."""
+
+    require_checksum: bool = True
+
+    def playbook_vars(self) -> dict[str, Any]:
+        return {"hc_require_checksum": self.require_checksum}
+
 
 class FleetConfig(_Model):
     path: Path  # the fleet.yml this came from (set by the loader)
@@ -206,12 +251,26 @@ class FleetConfig(_Model):
     freeze: WindowsConfig = WindowsConfig()
     maintenance: WindowsConfig = WindowsConfig()
     ssh: SshConfig = SshConfig()
+    artifacts: ArtifactsConfig = ArtifactsConfig()
     vault_password_file: Path | None = None  # Ansible Vault secrets for inventory and playbooks
     env: dict[str, str] = {}  # environment variables for every ansible-playbook run (e.g. HOME, ANSIBLE_*)
+
+    @field_validator("vars")
+    @classmethod
+    def _no_artifact_policy_in_vars(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "hc_require_checksum" in value:
+            raise ValueError(
+                "hc_require_checksum comes from fleet.yml: write `artifacts: {require_checksum: false}`"
+            )
+        return value
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    def playbook_vars(self) -> dict[str, Any]:
+        """Extra vars for every playbook run: `vars:` plus what fleet.yml's sections decide on the nodes."""
+        return {**self.vars, **self.artifacts.playbook_vars()}
 
     def state_url(self, override: str | None = None) -> str:
         """--db / FLEETCTL_DB, else `state:` in fleet.yml, else sqlite:///<dir of fleet.yml>/fleetctl.db."""

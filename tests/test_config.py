@@ -373,6 +373,30 @@ BAD = [
     ({"health": {"interval": "-1s"}}, "health.interval", "negative"),
     ({"ssh": {"connect_timeout": "x"}}, "ssh.connect_timeout", "duration"),
     ({"vars": ["a"]}, "vars", "dictionary"),
+    # issue 9: a regex that cannot compile, and durations that cannot be zero
+    (
+        {"health": {"probes": [{"http": "http://x/"}, {"http": "http://y/", "expect_body": "ok("}]}},
+        "health.probes.1.expect_body",
+        "not a valid regular expression: missing ), unterminated subpattern",
+    ),
+    (
+        {"health": {"probes": [{"http": "http://x/", "expect_body": "[a-"}]}},
+        "health.probes.0.expect_body",
+        "regular",
+    ),
+    ({"health": {"interval": 0}}, "health.interval", "must be a positive duration (e.g. 10s), not 0"),
+    ({"health": {"interval": "0s"}}, "health.interval", "positive duration"),
+    (
+        {"health": {"probes": [{"tcp": "x:1", "timeout": "0s"}]}},
+        "health.probes.0",
+        "timeout must be positive",
+    ),
+    ({"ssh": {"connect_timeout": 0}}, "ssh.connect_timeout", "positive duration"),
+    ({"ssh": {"command_timeout": "0m"}}, "ssh.command_timeout", "positive duration"),
+    # issue 9: the checksum policy is fleet.yml's artifacts section, nowhere else
+    ({"artifacts": {"require_checksum": "maybe"}}, "artifacts.require_checksum", "boolean"),
+    ({"artifacts": {"require_checksums": False}}, "artifacts.require_checksums", "Extra inputs"),
+    ({"vars": {"hc_require_checksum": False}}, "vars", "write `artifacts: {require_checksum: false}`"),
 ]
 
 
@@ -482,3 +506,16 @@ def test_policy_models_accept_python_values() -> None:
     assert policy.stages[0].batch == CountOrPercent(2, False)
     assert HealthConfig(interval=0.05).interval == 0.05
     assert FleetConfig(path=Path("/x/fleet.yml"), inventory=[Path("/x/i.yml")]).base_dir == Path("/x")
+
+
+def test_checksums_are_required_unless_fleet_yml_opts_out(tmp_path: Path) -> None:
+    """artifacts.require_checksum reaches every playbook as hc_require_checksum, over `vars:`."""
+    cfg = load_config(write(tmp_path / "fleet.yml", {"inventory": "i.yml", "vars": {"hc_keep_releases": 2}}))
+    assert cfg.playbook_vars() == {"hc_keep_releases": 2, "hc_require_checksum": True}
+    doc = {"inventory": "i.yml", "artifacts": {"require_checksum": False}}
+    assert load_config(write(tmp_path / "fleet.yml", doc)).playbook_vars() == {"hc_require_checksum": False}
+
+
+def test_a_valid_expect_body_regex_is_kept(tmp_path: Path) -> None:
+    doc = {"inventory": "i.yml", "health": {"probes": [{"http": "http://x/", "expect_body": r"^ok \d+$"}]}}
+    assert load_config(write(tmp_path / "fleet.yml", doc)).health.probes[0].expect_body == r"^ok \d+$"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import importlib.util
 import io
 import os
 import stat
@@ -15,28 +14,16 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from fleetctl.resources import playbooks_dir
+from fleetctl.context import FleetContext
 from fleetctl.sim import artifacts
 from tests.conftest import TWO_BATCHES, Cli, Sim
+from tests.role_utils import ROLE, load_module_util
 
-ROLE = playbooks_dir() / "roles" / "host_controller"
-
-
-def load(name: str) -> ModuleType:
-    """A module_utils file of the role, imported by path (it is plain stdlib Python)."""
-    spec = importlib.util.spec_from_file_location(f"hc_test_{name}", ROLE / "module_utils" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hc_archive = load("hc_archive")
+hc_archive = load_module_util("hc_archive")
 
 
 @pytest.fixture(params=["data_filter", "old_python"])
@@ -221,3 +208,32 @@ def test_malicious_release_fails_the_host_and_writes_nothing_outside(make_sim: A
     assert sim.releases("node-001") == {"1.0.0"}  # no 1.2.0 release, no stage dir left behind
     assert everything(sim.dir / "nodes") == before
     assert "escapes the release" in result.stdout + result.stderr
+
+
+def test_keep_releases_prunes_old_ones_and_never_the_active_one(make_sim: Any) -> None:
+    """hc_keep_releases=2 (from fleet.yml's vars), four updates and two rollbacks, through ansible-runner:
+    after each, exactly the expected release dirs remain on disk, the active one always among them."""
+    sim = make_sim(nodes=2)
+    sim.write_config(vars={"hc_keep_releases": 2})
+    store = sim.dir / "artifacts"
+    for version in ("1.3.0", "1.4.0"):
+        artifacts.publish(store, version, artifacts.build_tarball(version, None))
+    executor = FleetContext(config_path=sim.config).executor()
+    steps = [
+        ("update.yml", "1.1.0", {"1.0.0", "1.1.0"}),
+        ("update.yml", "1.2.0", {"1.1.0", "1.2.0"}),
+        ("update.yml", "1.3.0", {"1.2.0", "1.3.0"}),
+        ("update.yml", "1.4.0", {"1.3.0", "1.4.0"}),
+        ("rollback.yml", "1.3.0", {"1.3.0", "1.4.0"}),  # a flip: the one it left is kept too
+        ("rollback.yml", "1.0.0", {"1.0.0", "1.3.0"}),  # fetched again; 1.4.0 is now the oldest
+    ]
+    for playbook, version, kept in steps:
+        key = "hc_version" if playbook == "update.yml" else "hc_rollback_version"
+        result = executor.run(playbook, sim.nodes, extravars={key: version})
+        assert all(r.ok for r in result.results.values()), result.results
+        assert sim.current() == dict.fromkeys(sim.nodes, version)
+        for node in sim.nodes:
+            assert sim.releases(node) == kept, (playbook, version)
+            assert not [
+                p for p in (sim.dir / "nodes" / node / "releases").iterdir() if p.name.startswith(".")
+            ]
