@@ -8,6 +8,7 @@ from typing import Any
 
 from fleetctl.context import FleetContext
 from fleetctl.store.ledger import Change, LedgerEntry
+from fleetctl.units import BadNodeVersion, node_version_or_none
 
 
 @dataclass
@@ -28,6 +29,7 @@ class HostRow:
             "changed_at": e.changed_at.isoformat() if e and e.changed_at else None,
             "run": e.run_id if e else None,
             "operator": e.operator if e else None,
+            "invalid": e.invalid if e else None,  # a recorded version that was not plain (escaped)
         }
 
 
@@ -57,19 +59,33 @@ def refresh(
 ) -> RefreshReport:
     """Ask the nodes what they run (facts.yml through Ansible, or `via="ssh"`: fleetctl's own paramiko
     client reads `current` directly) and record it. A version fleetctl did not put there is recorded
-    with source `observed`."""
+    with source `observed`. A node that answers with something that is not a plain version is recorded
+    at an unknown version and listed in `unreachable` with the (escaped) answer."""
     names = hosts if hosts is not None else ctx.fleet.select(pattern)
     ctx.emit("refresh.started", None, hosts=len(names), via=via)
+    reports: dict[str, str | None] = {}
+    unreachable: dict[str, str] = {}
     if via == "ssh":
         from fleetctl.ssh import SshClient, read_versions, version_of
 
-        results = read_versions(SshClient(ctx.config.ssh), ctx.fleet, names)
-        reports = {h: version_of(r) for h, r in results.items() if r.ok}
-        unreachable = {h: r.error or "failed" for h, r in results.items() if not r.ok}
+        for h, r in read_versions(SshClient(ctx.config.ssh), ctx.fleet, names).items():
+            if not r.ok:
+                unreachable[h] = r.error or "failed"
+                continue
+            try:
+                reports[h] = version_of(r)
+            except BadNodeVersion as exc:
+                reports[h], unreachable[h] = None, str(exc)
     else:
         run = ctx.executor().run("facts.yml", names, forks=forks or ctx.config.rollback.forks, ident="facts")
-        reports = {h: r.version for h, r in run.results.items() if r.ok}
-        unreachable = {h: r.error or r.status for h, r in run.results.items() if not r.ok}
+        for h, res in run.results.items():
+            if not res.ok:
+                unreachable[h] = res.error or res.status
+                continue
+            try:
+                reports[h] = node_version_or_none(res.version)
+            except BadNodeVersion as exc:
+                reports[h], unreachable[h] = None, str(exc)
     changes = ctx.store.ledger.record(
         ctx.component, reports, source="observed", run_id=None, operator=ctx.who
     )

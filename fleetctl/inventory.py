@@ -39,6 +39,25 @@ class Host:
     def var(self, key: str, default: Any = None) -> Any:
         return self.vars.get(key, default)
 
+    def rendered_var(self, key: str, default: Any = None) -> Any:
+        """A variable as Ansible would use it: a template in it (`"{{ inventory_hostname }}.example"`) is
+        rendered with the host's variables; a value marked `!unsafe` stays literal. Raises InventoryError."""
+        raw = self.vars.get(key, default)
+        if not isinstance(raw, str) or ("{{" not in raw and "{%" not in raw):
+            return raw
+        from ansible.errors import AnsibleError
+        from ansible.template import Templar
+
+        templar = Templar(loader=_loader(), variables={**self.vars, "inventory_hostname": self.name})
+        try:
+            with _quiet():
+                return templar.template(raw)
+        except AnsibleError as exc:
+            raise InventoryError(
+                f"cannot render {key} of host {self.name} ({raw!r}): {_first_line(exc)}",
+                "fix the variable in the inventory",
+            ) from None
+
     def render(self, template: str) -> str:
         """Render a Jinja template (e.g. a probe URL) with this host's variables, with Ansible's own
         templating: nested variables resolve, filters work, `!unsafe` values stay literal."""

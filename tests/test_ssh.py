@@ -7,12 +7,20 @@ The mode that ran (netns, or the loopback fallback and why) is printed; nothing 
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from fleetctl.config import Probe, SshConfig
+from fleetctl.health import Prober
+from fleetctl.inventory import Fleet, load_inventory
 from fleetctl.sim import fleet as simfleet
+from fleetctl.ssh import SshClient, probe_runner, read_versions, version_of
+from fleetctl.units import BadNodeVersion
 from tests.conftest import Cli, Sim, fast_policy
 
 pytestmark = pytest.mark.ssh
@@ -137,3 +145,131 @@ def test_ssh_probe_through_fleetctls_client(ssh_sim: Sim, cli: Cli) -> None:
 
 def _logins(sim: Sim) -> int:
     return sum(p.read_text().count("Accepted publickey") for p in (sim.dir / "ssh").rglob("sshd.log"))
+
+
+# --- fleetctl's own client against one real sshd (no fleet): deadlines, output cap, targets, probes ----
+
+
+@pytest.fixture(scope="module")
+def sshd_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real sshd on loopback; these tests only run commands on it (nothing is changed)."""
+    from fleetctl.sim.sshhosts import create_ssh_hosts
+
+    hs = create_ssh_hosts(tmp_path_factory.mktemp("sshd"), ["solo"], netns=False)
+    try:
+        yield hs
+    finally:
+        hs.close()
+
+
+def _client(hs: Any, command_timeout: float = 30.0) -> SshClient:
+    cfg = SshConfig(
+        known_hosts=hs.known_hosts,
+        user=hs.user,
+        key=hs.client_key,
+        connect_timeout=5.0,
+        command_timeout=command_timeout,
+    )
+    return SshClient(cfg)
+
+
+def _fleet(tmp_path: Path, hs: Any, **vars: Any) -> Fleet:
+    h = hs.hosts[0]
+    inv = tmp_path / "inventory.yml"
+    host = {"ansible_host": h.address, "ansible_port": h.port, **vars}
+    inv.write_text(json.dumps({"all": {"vars": {"sshd_addr": h.address}, "hosts": {"solo": host}}}))
+    return load_inventory([inv])
+
+
+def _bounded(call: Callable[[], Any], limit: float = 120.0) -> Any:
+    """Run `call` in a thread: a hang fails the test instead of freezing the suite (not a speed check)."""
+    box: list[Any] = []
+    worker = threading.Thread(target=lambda: box.append(call()), daemon=True)
+    worker.start()
+    worker.join(limit)
+    assert not worker.is_alive(), "the command was not ended by its deadline"
+    return box[0]
+
+
+def test_a_command_that_trickles_output_fails_at_its_total_deadline(sshd_host: Any, tmp_path: Path) -> None:
+    """Each read gets output within 0.5s, so a per-read timeout never fires: the total deadline must."""
+    client = _client(sshd_host, command_timeout=3.0)
+    target = client.targets(_fleet(tmp_path, sshd_host), ["solo"])[0]
+    result = _bounded(lambda: client.run(target, "while true; do echo x; sleep 0.5; done"))
+    assert not result.ok and result.exit_status is None
+    assert "timed out after 3s" in (result.error or "") and "did not finish" in (result.error or "")
+    assert not result.unreachable  # it connected; the command is what hung
+
+
+def test_a_command_that_floods_output_fails_as_too_large(sshd_host: Any, tmp_path: Path) -> None:
+    client = _client(sshd_host)
+    target = client.targets(_fleet(tmp_path, sshd_host), ["solo"])[0]
+    result = _bounded(lambda: client.run(target, "yes | head -c 1000000"))
+    assert not result.ok and "output too large" in (result.error or "")
+    small = client.run(target, "printf 'a%.0s' $(seq 1000); echo err >&2")
+    assert small.ok and small.stdout == "a" * 1000 and small.stderr == "err\n"
+
+
+def test_templated_ansible_host_and_port_are_rendered_per_host(sshd_host: Any, tmp_path: Path) -> None:
+    h = sshd_host.hosts[0]
+    fleet = _fleet(
+        tmp_path,
+        sshd_host,
+        ansible_host="{{ sshd_addr }}",
+        ansible_port="{{ base_port | int + 1 }}",
+        base_port=h.port - 1,
+    )
+    client = _client(sshd_host)
+    [target] = client.targets(fleet, ["solo"])
+    assert (target.address, target.port, target.error) == (h.address, h.port, None)
+    result = client.run(target, "echo hello")
+    assert result.ok and result.stdout == "hello\n"
+
+
+@pytest.mark.parametrize(
+    "vars, text",
+    [
+        ({"ansible_port": "{{ nowhere }}"}, "ansible_port"),
+        ({"ansible_port": "ssh"}, "not a port number"),
+        ({"ansible_port": 70000}, "not a port number"),
+    ],
+)
+def test_a_target_the_inventory_cannot_place_fails_that_host_only(
+    sshd_host: Any, tmp_path: Path, vars: dict[str, Any], text: str
+) -> None:
+    client = _client(sshd_host)
+    [target] = client.targets(_fleet(tmp_path, sshd_host, **vars), ["solo"])
+    result = client.run(target, "true")
+    assert not result.ok and text in (result.error or "") and "solo" in (result.error or "")
+
+
+def test_versions_via_ssh_refuse_a_release_named_with_a_template(sshd_host: Any, tmp_path: Path) -> None:
+    """`current` pointing at a release dir named with Jinja is untrusted text: refused, never returned."""
+    root = tmp_path / "hc"
+    evil = root / "releases" / "{{ lookup('pipe', 'id') }}"
+    evil.mkdir(parents=True)
+    (root / "current").symlink_to(evil)
+    client = _client(sshd_host)
+    fleet = _fleet(tmp_path, sshd_host, hc_root=str(root))
+    [result] = read_versions(client, fleet, ["solo"]).values()
+    assert result.ok  # the node answered...
+    with pytest.raises(BadNodeVersion, match="not a plain version"):
+        version_of(result)  # ...with something that is not a version
+    (root / "current").unlink()
+    (root / "current").symlink_to(root / "releases" / "1.2.0")
+    [good] = read_versions(client, fleet, ["solo"]).values()
+    assert version_of(good) == "1.2.0"
+
+
+def test_a_failing_ssh_probe_fails_the_host(sshd_host: Any, tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path, sshd_host, hc_root=str(tmp_path / "absent"))
+    runner = probe_runner(_client(sshd_host), fleet)
+    failing = Probe(ssh="test -L {{ hc_root }}/current", timeout=10)
+    [result] = Prober(fleet, [failing], ssh_runner=runner).round(["solo"]).values()
+    assert not result.ok and result.error == "ssh `test -L {{ hc_root }}/current`: exit 1: "
+    hanging = Probe(ssh="while true; do echo x; sleep 0.5; done", timeout=2)
+    [hung] = _bounded(lambda: Prober(fleet, [hanging], ssh_runner=runner).round(["solo"])).values()
+    assert not hung.ok and "timed out after 2s" in (hung.error or "")
+    passing = Probe(ssh="test -d {{ hc_root | dirname }}", timeout=10)
+    [ok] = Prober(fleet, [passing], ssh_runner=runner).round(["solo"]).values()
+    assert ok.ok, ok.error
