@@ -602,3 +602,27 @@ def test_tls_paths_resolve_against_the_config_directory(tmp_path: Path, ca: CA) 
     assert loaded.client_cert == str(tmp_path / "pki" / "{{ inventory_hostname }}.pem")
     assert loaded.client_key == "{{ key_dir }}/probe.key"  # starts with a template: left to render
     assert loaded.expect_json == {"status": "ok", "checks.db": True}
+
+
+def test_aiohttp_is_imported_only_for_an_http_round(tmp_path: Path, serve) -> None:
+    """Commands that never probe over HTTP (`status`, `plan`) do not pay for aiohttp's imports."""
+    import subprocess
+    import sys
+
+    port = serve().port
+    script = f"""
+import sys
+from pathlib import Path
+from fleetctl.config import Probe
+from fleetctl.health import Prober
+from fleetctl.inventory import load_inventory
+import yaml
+inv = Path({str(tmp_path)!r}) / "inv.yml"
+inv.write_text(yaml.safe_dump({{"all": {{"hosts": {{"web1": {{"ansible_host": "127.0.0.1"}}}}}}}}))
+prober = Prober(load_inventory([inv]), [Probe(http="http://{{{{ ansible_host }}}}:{port}/health")])
+before = "aiohttp" in sys.modules
+assert prober.round(["web1"])["web1"].ok
+print(before, "aiohttp" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
