@@ -571,7 +571,7 @@ URL = "https://{{ ansible_host }}:8443/health"
         ({"http": URL, "headers": {"Bad Name": "x"}}, "'Bad Name' is not a valid header name"),
         ({"http": URL, "headers": {"X-A": "1\n2"}}, "the value of X-A holds a line break"),
         ({"http": URL, "headers": {"X-A": 5}}, "headers.X-A"),
-        ({"http": URL, "expect_body": "(unclosed"}, "expect_body is not a valid regex"),
+        ({"http": URL, "expect_body": "(unclosed"}, "expect_body: not a valid regular expression"),
         ({"http": URL, "expect_json": {"checks..db": "up"}}, "'checks..db' is not a dotted path"),
         ({"http": URL, "expect_json": {"status": ["ok"]}}, "expect_json.status"),
         ({"http": URL, "ca_file": "missing.pem"}, "ca_file: no such file"),
