@@ -103,7 +103,8 @@ class Prober:
         check: Callable[[str], Awaitable[str | None]],
     ) -> dict[str, ProbeResult]:
         """Run `check` (None: passed, else a reason) for every host, at most MAX_CONCURRENT at once, each
-        bounded by the probe's timeout; anything else a check raises is a failed probe, never a crash."""
+        bounded by the probe's timeout. An OSError or ValueError (a TCP check) is a failed probe too; the
+        HTTP check turns everything an answer can cause into a reason itself."""
         gate = asyncio.Semaphore(MAX_CONCURRENT)
 
         async def one(host: str) -> ProbeResult:
