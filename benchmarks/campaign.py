@@ -577,8 +577,9 @@ def fault_trial(fault: str, nodes: int, seed: int) -> Tally:
             if mark.exists():
                 t.note("unhandled", f"{what}: a node's version string ran code on the controller ({mark})")
                 mark.unlink()
-        shown = fleet.run("status", "--json")
-        human = fleet.run("status")
+        rollout = next((r[0] for r in fleet.runs() if r[1] == "rollout"), "")
+        shown = fleet.run("status", rollout, "--json")
+        human = fleet.run("status", rollout)
         fleet.scan(f"{what}: status", human.out)
         if shown.code != 0 or human.code != 0:
             t.note(

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import textwrap
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,6 +30,69 @@ TWO_BATCHES = [
     {"name": "canary", "hosts": "canary", "batch": 1, "bake": "0s", "max_failures": 0},
     {"name": "rest", "hosts": "all", "batch": "100%", "bake": "0s"},
 ]
+
+
+def write(path: Path, content: Any, mode: int | None = None) -> Path:
+    """Write a test file: text (dedented) as it is, anything else as YAML. Makes the parent dirs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = textwrap.dedent(content) if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+    path.write_text(text)
+    if mode is not None:
+        path.chmod(mode)
+    return path
+
+
+def say(request: pytest.FixtureRequest, text: str, tag: str = "") -> None:
+    """Write a line to the real terminal, past output capturing (what a fixture fell back to, and why)."""
+    line = f"[{tag}] {text}" if tag else text
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        with capman.global_and_fixture_disabled():
+            print(f"\n{line}", flush=True)
+    else:
+        print(line)
+
+
+def in_ci() -> bool:
+    return bool(os.environ.get("CI"))
+
+
+def need(tool: str | bool, reason: str) -> None:
+    """Skip when a tool (a program on PATH, or a condition already checked) is missing, saying why; under
+    CI (the CI environment variable) a missing tool fails the test instead: CI must run everything."""
+    present = shutil.which(tool) is not None if isinstance(tool, str) else tool
+    if present:
+        return
+    what = f"{tool} is missing" if isinstance(tool, str) else "missing"
+    if in_ci():
+        pytest.fail(f"{what}: {reason} (CI must run this test)", pytrace=False)
+    pytest.skip(f"{what}: {reason}")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    """Poll until `predicate` returns something truthy (returned); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_status(sim: Sim) -> dict[str, Any] | None:
+    """`status --json` of the newest run, read through the library (None while there is no run)."""
+    from fleetctl import control
+    from fleetctl.context import FleetContext
+
+    try:
+        return control.status(FleetContext(config_path=sim.config)).to_json()
+    except Exception:  # noqa: BLE001 - no run yet
+        return None
+
+
+def host_states(doc: dict[str, Any] | None) -> dict[str, str]:
+    return {h["host"]: h["state"] for h in (doc or {}).get("hosts", [])}
 
 
 class Clock:

@@ -8,34 +8,10 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from fleetctl import control
-from fleetctl.context import FleetContext
-from tests.conftest import Cli, Sim, fleetctl_proc
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def run_status(sim: Sim) -> dict[str, Any] | None:
-    try:
-        return control.status(FleetContext(config_path=sim.config)).to_json()
-    except Exception:  # noqa: BLE001 - no run yet
-        return None
-
-
-def host_states(doc: dict[str, Any] | None) -> dict[str, str]:
-    return {h["host"]: h["state"] for h in (doc or {}).get("hosts", [])}
+from tests.conftest import Cli, Sim, fleetctl_proc, host_states, run_status, wait_for
 
 
 def test_healthy_version_goes_through_every_stage(sim: Sim, cli: Cli) -> None:
