@@ -5,7 +5,12 @@
 Releases live side by side in <root>/releases/<version>/; <root>/current is a relative symlink to the
 active one, switched atomically (symlink to a temporary name, then rename). Activation restarts the
 service through the configured service manager and waits until the controller answers with the new
-version. Runs on the managed node with the standard library only.
+version. Runs on the managed node with the standard library only (Python 3.6+).
+
+A new release is downloaded (module_utils/hc_artifact: one deadline, a size cap, credentials kept to
+their origin), checked against its digest, every archive member checked (module_utils/hc_archive),
+extracted into a temporary dir inside releases/ and renamed into place: a refused archive fails the
+host and leaves `current` untouched.
 """
 
 from __future__ import absolute_import, division, print_function
