@@ -469,7 +469,111 @@ def test_stale_when_a_skipped_host_left_the_version(fleet: Fleet) -> None:
     _stale(saved, current, "stale plan")
 
 
+def resealed(doc: dict[str, Any]) -> dict[str, Any]:
+    """What anyone can do to a plan file: edit it and recompute its fingerprint (sha256 of the content)."""
+    import hashlib
+
+    core = {k: v for k, v in doc.items() if k not in ("fingerprint", "estimate", "estimate_seconds")}
+    doc["fingerprint"] = hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
+    return doc
+
+
+def _split_batch(doc: dict) -> None:
+    batches = doc["stages"][1]["batches"]
+    batches[:] = [[h] for b in batches for h in b]  # ring1 one host at a time instead of 50%
+
+
+@pytest.mark.parametrize(
+    "edit, text",
+    [
+        (lambda d: d["stages"][0].update(bake=0.0), "stage 'canary': bake is 0.0 in the plan, 300.0 now"),
+        (lambda d: d["stages"][2].update(bake=1.0), "stage 'rest': bake is 1.0 in the plan, 0.0 now"),
+        (_split_batch, "stage 'ring1': 4 batch(es) in the plan, 2 now; batch 1 differs"),
+        (lambda d: d["stages"][1]["batches"].reverse(), "stage 'ring1': 2 batch(es) in the plan, 2 now"),
+        (lambda d: d.update(max_failures=100), "max_failures is 100 in the plan"),
+        (lambda d: d["stages"][0].update(max_failures=5), "stage 'canary': max_failures is 5 in the plan"),
+        (lambda d: d.update(on_failure="halt"), "on_failure is 'halt' in the plan, 'rollback' now"),
+        (lambda d: d.update(forks=500), "forks is 500 in the plan"),
+        (lambda d: d["stages"][0].update(unattended=False), "unattended is False in the plan, True now"),
+        (lambda d: d["skipped"].clear(), "skipped is [] in the plan"),
+        (lambda d: d.update(tasks_per_host=0), "tasks_per_host is 0 in the plan, 2 now"),
+        (lambda d: d["stages"][0].update(name="pilot"), "stages are ['pilot', 'ring1', 'rest'] in the plan"),
+    ],
+)
+def test_an_edited_and_resealed_plan_file_is_refused(fleet: Fleet, edit, text: str) -> None:
+    """The fingerprint is no seal: the saved plan must equal the plan made now, field by field."""
+    versions = {"h12": V}
+    doc = json.loads(json.dumps(plan_for(fleet, versions=versions).to_json()))
+    edit(doc)
+    saved = Plan.from_json(resealed(doc))  # the fingerprint matches the edited content
+    with pytest.raises(StalePlanError) as info:
+        check_fresh(saved, plan_for(fleet, versions=dict(versions)))
+    assert info.value.exit_code == 2
+    assert info.value.message.startswith("the plan is not the one fleetctl makes now: ")
+    assert text in info.value.message, info.value.message
+    assert "\n" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda d: d.update(version="{{ lookup('pipe', 'id') }}"), "version"),
+        (lambda d: d["targets"].update(h01="../../etc"), "targets['h01']"),
+        (lambda d: d["from_versions"].update(h01="{{ 7 * 7 }}"), "from_versions['h01']"),
+        (lambda d: d["targets"].update(h01=7), "targets['h01']"),
+    ],
+)
+def test_a_plan_with_a_version_that_is_not_plain_is_refused(fleet: Fleet, edit, field: str) -> None:
+    """Plan files and the plan in the journal are read back with every version checked: they go into
+    extra vars, where Ansible would render a template."""
+    doc = json.loads(json.dumps(plan_for(fleet).to_json()))
+    edit(doc)
+    with pytest.raises(UsageError) as info:
+        Plan.from_json(resealed(doc))
+    assert not isinstance(info.value, StalePlanError)
+    assert info.value.message.startswith(f"not a fleetctl plan: {field} ")
+    assert "is not a plain version" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.update(kind="deploy"),
+        lambda d: d.update(forks="many"),
+        lambda d: d["stages"][0].update(batches=[[]]),
+        lambda d: d["stages"][0].update(batches="h01"),
+        lambda d: d["stages"][0].update(bake="5m"),
+        lambda d: d["stages"][0]["batches"][0].append("h02"),  # planned twice
+        lambda d: d["targets"].pop("h01"),
+        lambda d: d.update(skipped=[{"host": ["x"]}]),
+    ],
+)
+def test_a_malformed_plan_is_a_usage_error(fleet: Fleet, edit) -> None:
+    doc = json.loads(json.dumps(plan_for(fleet).to_json()))
+    edit(doc)
+    with pytest.raises(UsageError) as info:
+        Plan.from_json(resealed(doc))
+    assert not isinstance(info.value, StalePlanError)
+    assert info.value.message.startswith("not a fleetctl plan: ")
+
+
 # --- revert plans ----------------------------------------------------------------------------------------
+
+
+def test_revert_plan_refuses_a_target_that_is_not_plain(fleet: Fleet) -> None:
+    """A from-version a node reported (hc_previous) could be a template: that host is not revertible,
+    with a reason, and its text never becomes a target (extra vars)."""
+    evil = "{{ lookup('pipe', 'id') }}"
+    targets = {"h01": evil, "h02": "1.0.0", "h03": "x/../../y"}
+    versions = {"h01": V, "h02": V, "h03": V, "h04": evil}
+    plan = revert_plan(fleet, RollbackPolicy(), versions, targets | {"h04": "1.0.0"}, component=HC)
+    assert plan.targets == {"h02": "1.0.0", "h04": "1.0.0"}
+    assert plan.from_versions == {"h02": V, "h04": None}  # a bad recorded version reads as unknown
+    reasons = skipped(plan)
+    assert set(reasons) == {"h01", "h03"}
+    assert reasons["h01"].startswith("not revertible: the version to go back to, ")
+    assert repr(evil) in reasons["h01"] and "is not a plain version" in reasons["h01"]
+    assert evil not in json.dumps({"targets": plan.targets, "from": plan.from_versions})
 
 
 @pytest.mark.parametrize(
