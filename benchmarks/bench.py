@@ -200,6 +200,7 @@ def bench_probes(nodes: int, repeats: int = 5) -> None:
         prober.round(fleet.names)  # render and cache the targets
         urls = [fleet[h].render(probe.target) for h in fleet.names]
         rounds: dict[str, list[float]] = {"fleetctl": [], "aiohttp": [], "httpx": []}
+        failed = dict.fromkeys(rounds, 0)  # probes that did not pass (timeouts on a loaded machine)
         clients = {"aiohttp": _aiohttp_round, "httpx": _httpx_round}
         if importlib.util.find_spec("httpx") is None:  # not a dependency: `pip install httpx` to compare
             del clients["httpx"]
@@ -207,12 +208,12 @@ def bench_probes(nodes: int, repeats: int = 5) -> None:
             started = time.monotonic()
             res = prober.round(fleet.names)
             rounds["fleetctl"].append(round(time.monotonic() - started, 3))
-            assert all(r.ok for r in res.values()), [r.error for r in res.values() if not r.ok][:3]
+            failed["fleetctl"] += sum(not r.ok for r in res.values())
             for name, client in clients.items():
                 started = time.monotonic()
                 oks = asyncio.run(client(urls, MAX_CONCURRENT, probe.timeout))
                 rounds[name].append(round(time.monotonic() - started, 3))
-                assert all(oks), name
+                failed[name] += oks.count(False)
         record(
             "probes",
             {
@@ -222,6 +223,7 @@ def bench_probes(nodes: int, repeats: int = 5) -> None:
                 "bare_aiohttp_round_s": median(rounds["aiohttp"]),
                 "bare_httpx_round_s": median(rounds["httpx"]) if rounds["httpx"] else None,
                 "rounds": rounds,
+                "failed_probes": failed,
                 "timeout_s": probe.timeout,
             },
         )
@@ -239,10 +241,13 @@ async def _aiohttp_round(urls: list[str], limit: int, timeout: float) -> list[bo
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
 
         async def one(url: str) -> bool:
-            async with gate, asyncio.timeout(timeout):
-                async with session.get(url, allow_redirects=False) as resp:
-                    await resp.read()
-                    return resp.status == 200
+            async with gate:
+                try:
+                    async with asyncio.timeout(timeout), session.get(url, allow_redirects=False) as resp:
+                        await resp.read()
+                        return resp.status == 200
+                except (TimeoutError, aiohttp.ClientError):
+                    return False
 
         return await asyncio.gather(*(one(u) for u in urls))
 
@@ -257,9 +262,13 @@ async def _httpx_round(urls: list[str], limit: int, timeout: float) -> list[bool
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
 
         async def one(url: str) -> bool:
-            async with gate, asyncio.timeout(timeout):
-                resp = await client.get(url)
-                return resp.status_code == 200
+            async with gate:
+                try:
+                    async with asyncio.timeout(timeout):
+                        resp = await client.get(url)
+                        return resp.status_code == 200
+                except (TimeoutError, httpx.HTTPError):
+                    return False
 
         return await asyncio.gather(*(one(u) for u in urls))
 
