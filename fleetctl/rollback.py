@@ -8,25 +8,56 @@
 
 Rollback is allowed during freezes (and audited), skips hosts already at their target, uses the
 `rollback:` forks and batch, has no bakes, and checks health once at the end.
+
+A rollback only goes back. It never installs a quarantined version (QuarantinedError), and each host's
+move is `back` only when the journal shows the host ran the target before and the target is older than
+what it runs (PEP 440 order; versions that do not parse are not known to be older). Any other move is
+`forward`, a rollout in disguise: refused (FrozenError under a freeze, else UsageError) unless
+allow_forward with a reason, which is audited as `rollback.forward`.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
 
 from fleetctl import census
 from fleetctl.context import FleetContext
 from fleetctl.engine import Engine, open_run
-from fleetctl.errors import LockedError, UsageError
+from fleetctl.errors import FrozenError, LockedError, QuarantinedError, UsageError
 from fleetctl.plan import Plan, revert_plan
-from fleetctl.rollout import valid_version
+from fleetctl.rollout import refuse_quarantined, valid_version
 from fleetctl.store.runs import RunRecord
 
 TOUCHED = ("updating", "verifying", "done", "failed", "rolling_back", "rolled_back")
 PREEMPT_WAIT = 120.0
+BACK, FORWARD = "back", "forward"
+EVIDENCE_RUNS = 500  # how many recent runs' host records count as proof of what a host ran
+
+
+@dataclass(frozen=True)
+class Move:
+    """One host's step in a rollback, `back` or `forward` (with why it is not back)."""
+
+    host: str
+    from_version: str | None
+    to_version: str
+    direction: str | None  # back | forward (None: a run journaled before directions were recorded)
+    why: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "from": self.from_version,
+            "to": self.to_version,
+            "direction": self.direction,
+            "why": self.why,
+        }
 
 
 @dataclass
@@ -34,11 +65,101 @@ class Rollback:
     plan: Plan
     reverts: str | None  # the run being reverted, if any
     unknown: list[str]  # hosts changed by that run whose from-version nobody knows
+    hosts: list[Move] = field(default_factory=list)  # one per host the plan moves
+    allow_forward: bool = False
+    reason: str | None = None
 
     @property
-    def moves(self) -> dict[tuple[str | None, str], int]:
-        """(from, to) -> number of hosts, for the preview."""
-        return dict(Counter((self.plan.from_versions.get(h), t) for h, t in self.plan.targets.items()))
+    def moves(self) -> dict[tuple[str | None, str, str | None], int]:
+        """(from, to, direction) -> number of hosts, for the preview."""
+        return dict(Counter((m.from_version, m.to_version, m.direction) for m in self.hosts))
+
+    @property
+    def forward(self) -> list[Move]:
+        return [m for m in self.hosts if m.direction != BACK]
+
+
+def known_older(a: str, b: str) -> bool:
+    """True only when both parse as versions (PEP 440) and `a` comes before `b`."""
+    try:
+        return Version(a) < Version(b)
+    except InvalidVersion:
+        return False
+
+
+def ran_before(ctx: FleetContext, hosts: Iterable[str]) -> dict[str, set[str]]:
+    """Per host, every version the journal says it ran: both ends of each ledger change, and the
+    from-version a run recorded when it touched the host (what the node reported it ran)."""
+    seen: dict[str, set[str]] = {h: set() for h in hosts}
+    if not seen:
+        return seen
+    for change in ctx.store.ledger.history(ctx.component):
+        if change.host in seen:
+            seen[change.host].update(v for v in (change.from_version, change.to_version) if v)
+    for run in ctx.store.runs.list(limit=EVIDENCE_RUNS):
+        if run.component != ctx.component:
+            continue
+        for h in ctx.store.runs.hosts(run.id):
+            if h.host in seen and h.from_version and h.state in TOUCHED:
+                seen[h.host].add(h.from_version)
+    return seen
+
+
+def classify(host: str, current: str | None, target: str, ran: Collection[str]) -> Move:
+    """`back` when the host ran `target` before and `target` is known to be older than `current`."""
+    if target not in ran:
+        return Move(host, current, target, FORWARD, f"it never ran {target}")
+    if current is None:
+        return Move(host, current, target, FORWARD, "what it runs is unknown")
+    if not known_older(target, current):
+        return Move(host, current, target, FORWARD, f"{target} is not older than {current}")
+    return Move(host, current, target, BACK)
+
+
+def moves_of(run: RunRecord) -> list[Move]:
+    """A rollback run's moves, with the directions decided when it started."""
+    plan = Plan.from_json(run.plan or {})
+    moves = run.options.get("moves") or {}
+    return [
+        Move(h, plan.from_versions.get(h), t, moves.get(h, {}).get("direction"), moves.get(h, {}).get("why"))
+        for h, t in plan.targets.items()
+    ]
+
+
+def refuse_quarantined_targets(ctx: FleetContext, versions: Iterable[str | None]) -> None:
+    """A rollback never installs a quarantined version, not even with allow_forward."""
+    for version in sorted({v for v in versions if v}):
+        try:
+            refuse_quarantined(ctx, version)
+        except QuarantinedError as exc:
+            raise QuarantinedError(
+                f"rollback refused: {exc.message}",
+                "a rollback never installs a quarantined version (not even with --allow-forward); "
+                f"choose another version, or clear it first: fleetctl quarantine clear {version} --reason TEXT",
+            ) from None
+
+
+def guard(ctx: FleetContext, rb: Rollback) -> None:
+    """Refuse a quarantined target, and a forward move unless the rollback allows it."""
+    from fleetctl.policy import covering
+
+    refuse_quarantined_targets(ctx, (m.to_version for m in rb.hosts))
+    forward = rb.forward
+    if not forward or rb.allow_forward:
+        return
+    first = forward[0]
+    what = (
+        f"rollback refused: {len(forward)} host(s) would go forward, e.g. {first.host} "
+        f"{first.from_version or 'unknown'} -> {first.to_version} ({first.why})"
+    )
+    hint = (
+        "roll back to a version these hosts ran before and older than what they run (see `fleetctl "
+        "history`), narrow it with -l, or pass --allow-forward --reason TEXT (audited)"
+    )
+    causes = covering(ctx, [m.host for m in forward])
+    if causes:
+        raise FrozenError(f"{what}: a rollout in disguise, and frozen by {causes[0].describe()}", hint)
+    raise UsageError(f"{what}: that is a rollout, not a rollback", hint)
 
 
 def newest_changing_rollout(ctx: FleetContext) -> RunRecord:
@@ -56,20 +177,28 @@ def prepare(
     limit: str | None = None,
     refresh: bool = True,
     forks: int | None = None,
+    allow_forward: bool = False,
+    reason: str | None = None,
 ) -> Rollback:
-    """What the rollback will do (touches no node, except asking versions for --to)."""
+    """What the rollback will do (touches no node, except asking versions for --to). Refuses what a
+    rollback must not do (see `guard`)."""
     if to is not None and run_ref is not None:
         raise UsageError("give either a RUN or --to VERSION, not both", "see `fleetctl rollback --help`")
+    if allow_forward and not (reason or "").strip():
+        raise UsageError("--allow-forward needs --reason TEXT", "say why hosts may go forward (audited)")
+    Engine.settle_dead_runs(ctx)  # a dead fleetctl's Ansible ended, its hosts in flight asked (issue 9)
     selected = set(ctx.fleet.select(limit)) if limit else None
     reverts: str | None = None
     unknown: list[str] = []
     if to is not None:
         valid_version(to)
+        refuse_quarantined_targets(ctx, [to])  # before asking any node
         hosts = ctx.fleet.select(limit)
         if refresh:
-            # Hosts the ledger says are at VERSION would be skipped on its word alone: ask them.
+            # Hosts the ledger says are at VERSION would be skipped on its word alone, and a host it
+            # knows nothing about cannot be told back from forward: ask them.
             ledger_says = ctx.store.ledger.versions(ctx.component)
-            suspects = [h for h in hosts if ledger_says.get(h) == to]
+            suspects = [h for h in hosts if ledger_says.get(h) in (to, None)]
             if suspects:
                 census.refresh(ctx, hosts=suspects)
         targets = dict.fromkeys(hosts, to)
@@ -99,7 +228,11 @@ def prepare(
         limit=limit,
         forks=forks,
     )
-    return Rollback(plan, reverts, unknown)
+    ran = ran_before(ctx, plan.hosts)
+    moves = [classify(h, plan.from_versions.get(h), plan.targets[h], ran[h]) for h in plan.hosts]
+    rb = Rollback(plan, reverts, unknown, moves, allow_forward, (reason or "").strip() or None)
+    guard(ctx, rb)
+    return rb
 
 
 def take_lock(ctx: FleetContext, wait: float = PREEMPT_WAIT) -> str:
@@ -140,7 +273,7 @@ def start(
     engine_ready: Callable[[Engine], None] | None = None,
 ) -> RunRecord | None:
     """Preempt, lock, (re)compute the plan under the lock, and run it. None: nothing to do."""
-    from fleetctl.policy import audit_if_frozen
+    from fleetctl.policy import audit_if_frozen, covering
 
     store = ctx.store
     token = take_lock(ctx)
@@ -149,7 +282,24 @@ def start(
         plan = rb.plan
         if not plan.hosts:
             return None
-        run = open_run(ctx, plan, token, reason=reason, options={"forks": plan.forks}, reverts=rb.reverts)
+        guard(ctx, rb)  # again under the lock: a quarantine or a freeze may have begun since the preview
+        options = {
+            "forks": plan.forks,
+            "moves": {m.host: {"direction": m.direction, "why": m.why} for m in rb.hosts},
+        }
+        run = open_run(ctx, plan, token, reason=reason, options=options, reverts=rb.reverts)
+        if rb.forward:
+            forward = [m.host for m in rb.forward]
+            store.audit.record(
+                "rollback.forward",
+                run.id,
+                reason or rb.reason,
+                ctx.who,
+                {
+                    "hosts": [m.to_json() for m in rb.forward],
+                    "freezes": [c.to_json() for c in covering(ctx, forward)],
+                },
+            )
         supersede_rollouts(ctx, run.id)
         store.audit.record(
             "rollback.start",
@@ -185,6 +335,10 @@ def retry_failed(ctx: FleetContext, engine_ready: Callable[[Engine], None] | Non
     run = next((r for r in runs if any(h.state == "failed" for h in ctx.store.runs.hosts(r.id))), None)
     if run is None:
         raise UsageError("no rollback has failed hosts", "see `fleetctl runs`")
+    targets = Plan.from_json(run.plan or {}).targets
+    refuse_quarantined_targets(
+        ctx, (targets.get(h.host) for h in ctx.store.runs.hosts(run.id) if h.state == "failed")
+    )
     token = take_lock(ctx)
     try:
         failed = [h.host for h in ctx.store.runs.hosts(run.id) if h.state == "failed"]

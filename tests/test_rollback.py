@@ -1,5 +1,6 @@
 """Issue 5: the one-command rollback on the simulated fleet: restore, --to after drift, -l, preempting a
-rollout, kill -9 then resume, idempotence, retry of failed hosts."""
+rollout, kill -9 then resume, idempotence, retry of failed hosts; each host back to its own from-version,
+a freeze recorded by fleetctl itself, and the final health check failing a host."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import signal
 import time
 from collections.abc import Callable
 
+from fleetctl.sim import server as simserver
 from tests.conftest import Cli, Sim, fleetctl_proc
+from tests.health_stub import HealthStub
 from tests.test_staged import host_states, run_status, wait_for
 
 ONE_WIDE_STAGE = [{"name": "all", "hosts": "all", "batch": "100%", "bake": "0s"}]
@@ -41,6 +44,7 @@ def test_rollback_restores_30_nodes_after_a_careless_push(make_sim: Callable[...
             "failed": [],
             "rolled_back": [],
             "reason": None,
+            "moves": [],
         }
     ]
     assert len(cli.json("history --json", env=sim.env)["changes"]) == history_before
@@ -117,19 +121,101 @@ def test_kill_9_during_a_rollback_then_resume(make_sim: Callable[..., Sim], cli:
     assert set(sim.current().values()) == {"1.0.0"}
 
 
-def test_retry_failed_hosts(make_sim: Callable[..., Sim], cli: Cli) -> None:
-    sim = make_sim(nodes=3, stages=ONE_WIDE_STAGE, max_unavailable=None)
-    artifact = sim.dir / "artifacts" / "host-controller-1.2.0.tar.gz"
+def restarts(sim: Sim) -> dict[str, int]:
+    """How often each node's controller was restarted, as the simulated fleet's server counts it."""
+    reply = json.loads(simserver.send_command(sim.dir / "sim.sock", "status"))
+    return {n["name"]: n["restarts"] for n in reply["nodes"]}
+
+
+def test_retry_failed_retries_only_the_failed_hosts(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(nodes=4, stages=ONE_WIDE_STAGE, max_unavailable=None)
+    cli("rollout 1.1.0 --yes", env=sim.env)
+    # node-003 lost its 1.0.0 release and the store its artifact: only node-003's rollback fails
+    shutil.rmtree(sim.dir / "nodes" / "node-003" / "releases" / "1.0.0")
+    artifact = sim.dir / "artifacts" / "host-controller-1.0.0.tar.gz"
     hidden = artifact.with_suffix(".hidden")
-    shutil.move(artifact, hidden)  # 1.2.0 is on no node and cannot be fetched: the rollback fails
-    result = cli("rollback --to 1.2.0 --yes --json", env=sim.env, code=1)
+    shutil.move(artifact, hidden)
+    result = cli("rollback --yes --json", env=sim.env, code=1)
     summary = json.loads(result.stdout.splitlines()[-1])
-    assert summary["status"] == "failed" and len(summary["failed"]) == 3
-    assert "cannot fetch" in summary["failed"][0]["error"]
+    assert summary["status"] == "failed" and [f["host"] for f in summary["failed"]] == ["node-003"]
+    assert sim.current() == {
+        "node-001": "1.0.0",
+        "node-002": "1.0.0",
+        "node-003": "1.1.0",
+        "node-004": "1.0.0",
+    }
+    before = restarts(sim)
+
     shutil.move(hidden, artifact)
     lines = cli.json_lines("rollback --retry-failed --yes --json", env=sim.env)
-    assert lines[-1]["status"] == "succeeded" and sorted(lines[-1]["succeeded"]) == sim.nodes
+    assert [h["host"] for h in lines[:-1]] == ["node-003"]  # Ansible ran on the failed host alone
+    assert lines[-1]["run"] == summary["run"] and lines[-1]["status"] == "succeeded"
+    assert sorted(lines[-1]["succeeded"]) == sim.nodes and lines[-1]["failed"] == []
+    assert set(sim.current().values()) == {"1.0.0"}
+    after = restarts(sim)
+    assert after["node-003"] == before["node-003"] + 1
+    assert {h: n for h, n in after.items() if h != "node-003"} == {
+        h: n for h, n in before.items() if h != "node-003"
+    }
+
+
+def test_each_host_goes_back_to_its_own_from_version(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(nodes=4, stages=ONE_WIDE_STAGE, max_unavailable=None)
+    cli("rollout 1.1.0 -l node-002 --yes", env=sim.env)
+    cli("rollout 1.2.0 --yes", env=sim.env)  # from 1.0.0 on three hosts, from 1.1.0 on node-002
     assert set(sim.current().values()) == {"1.2.0"}
+    summary = cli.json_lines("rollback --yes --json", env=sim.env)[-1]
+    assert summary["status"] == "succeeded"
+    assert sim.current() == {
+        "node-001": "1.0.0",
+        "node-002": "1.1.0",
+        "node-003": "1.0.0",
+        "node-004": "1.0.0",
+    }
+    moves = {m["host"]: (m["from"], m["to"], m["direction"]) for m in summary["moves"]}
+    assert moves == {
+        "node-001": ("1.2.0", "1.0.0", "back"),
+        "node-002": ("1.2.0", "1.1.0", "back"),
+        "node-003": ("1.2.0", "1.0.0", "back"),
+        "node-004": ("1.2.0", "1.0.0", "back"),
+    }
+
+
+def test_a_rollback_during_a_freeze_runs_and_fleetctl_audits_it(
+    make_sim: Callable[..., Sim], cli: Cli
+) -> None:
+    sim = make_sim(nodes=3, stages=ONE_WIDE_STAGE, max_unavailable=None)
+    cli("rollout 1.1.0 --yes", env=sim.env)
+    cli("freeze on --reason 'INC-43: rollback everything'", env=sim.env)
+    assert [a["action"] for a in cli.json("audit --json", env=sim.env)["audit"]] == ["freeze.on"]
+    summary = cli.json_lines("rollback --yes --reason 'revert 1.1.0' --json", env=sim.env)[-1]
+    assert summary["status"] == "succeeded" and set(sim.current().values()) == {"1.0.0"}
+    assert cli.json("freeze status --json", env=sim.env)["frozen"] is True  # it ran anyway
+    audit = cli.json("audit --json", env=sim.env)["audit"]
+    entry = next(a for a in audit if a["action"] == "rollback.during_freeze")
+    assert (entry["subject"], entry["reason"], entry["actor"]) == (summary["run"], "revert 1.1.0", "tester")
+    assert entry["details"]["freezes"][0]["reason"] == "INC-43: rollback everything"
+
+
+def test_the_final_health_check_failing_a_host(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(nodes=3, stages=ONE_WIDE_STAGE, max_unavailable=None)
+    cli("rollout 1.1.0 --yes", env=sim.env)
+    # node-002's health endpoint fails once it runs 1.0.0 again (its controller still answers /version)
+    stub = HealthStub(sim, "node-002", "1.0.0", b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    try:
+        result = cli("rollback --yes --json", env=sim.env, code=1)
+        text = cli("status", env=sim.env).stdout
+    finally:
+        stub.close()
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["status"] == "failed"
+    [failed] = summary["failed"]
+    assert failed["host"] == "node-002" and failed["error"].startswith("health after rollback:")
+    assert "500" in failed["error"]
+    assert sorted(summary["succeeded"]) == ["node-001", "node-003"]
+    assert set(sim.current().values()) == {"1.0.0"}  # rolled back on disk; its health is what failed
+    assert "--retry-failed" in (summary["reason"] or "")
+    assert "node-002: health after rollback:" in text
 
 
 def test_a_rollback_supersedes_a_paused_rollout(make_sim: Callable[..., Sim], cli: Cli) -> None:

@@ -15,6 +15,7 @@ from rich.live import Live
 
 from fleetctl import control, policy
 from fleetctl import plan as planning
+from fleetctl import rollback as rollbacks
 from fleetctl import rollout as rollouts
 from fleetctl.cli.output import CliState, print_json, state, table, when
 from fleetctl.cli.progress import Renderer
@@ -204,10 +205,14 @@ def exit_code(run: RunRecord) -> int:
 
 
 def finish(st: CliState, run: RunRecord | None, json_out: bool) -> None:
+    """The run's end: a summary on stderr (JSON with --json; a rollback's also lists its `moves`, one per
+    host: host, from, to, direction back|forward, why), and its exit code."""
     if run is None:
         return
     hosts = st.ctx.store.runs.hosts(run.id)
     doc = summary(run, run.kind, run.status, hosts)
+    if run.kind == "rollback":
+        doc["moves"] = [m.to_json() for m in rollbacks.moves_of(run)]
     if json_out:
         print_json(doc)
     else:
