@@ -31,7 +31,9 @@ def _show(st: CliState, status: guard.GuardStatus) -> None:
     )
     st.out.print(f"  rounds: {g.rounds}, last {when(g.last_round_at)}")
     if g.end_reason:
-        st.out.print(f"  ended {when(g.ended_at)}: {g.end_reason}" + (f" (by {g.ended_by})" if g.ended_by else ""))
+        st.out.print(
+            f"  ended {when(g.ended_at)}: {g.end_reason}" + (f" (by {g.ended_by})" if g.ended_by else "")
+        )
     if g.rollback_run_id:
         st.out.print(f"  rollback: run {g.rollback_run_id} (see `fleetctl status {g.rollback_run_id}`)")
     failing = [h for h in status.hosts if h.state in ("failing", "failed")]
@@ -39,7 +41,12 @@ def _show(st: CliState, status: guard.GuardStatus) -> None:
         t = table("host", "state", "rounds", "first failure", "last failure", "error")
         for h in failing:
             t.add_row(
-                h.host, h.state, str(h.streak), when(h.first_failure_at), when(h.last_failure_at), h.last_error or ""
+                h.host,
+                h.state,
+                str(h.streak),
+                when(h.first_failure_at),
+                when(h.last_failure_at),
+                h.last_error or "",
             )
         st.out.print(t)
 
@@ -47,7 +54,9 @@ def _show(st: CliState, status: guard.GuardStatus) -> None:
 @app.command("status")
 def status_cmd(
     ctx: typer.Context,
-    run: Annotated[str | None, typer.Argument(help="The guarded run (default: the newest active guard).")] = None,
+    run: Annotated[
+        str | None, typer.Argument(help="The guarded run (default: the newest active guard).")
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """The guard of a run: guarded hosts, until when, last round, failing hosts and why."""
@@ -70,15 +79,27 @@ def list_cmd(ctx: typer.Context, json_out: JsonOption = False) -> None:
         return
     t = table("run", "version", "status", "until", "rounds", "last round", "reason")
     for g in guards:
-        t.add_row(g.run_id, g.version, g.status, when(g.until), str(g.rounds), when(g.last_round_at), g.end_reason or "")
+        t.add_row(
+            g.run_id,
+            g.version,
+            g.status,
+            when(g.until),
+            str(g.rounds),
+            when(g.last_round_at),
+            g.end_reason or "",
+        )
     st.out.print(t)
 
 
 @app.command("stop")
 def stop_cmd(
     ctx: typer.Context,
-    run: Annotated[str | None, typer.Argument(help="The guarded run (default: the newest active guard).")] = None,
-    reason: Annotated[str, typer.Option("--reason", help="Why the guard ends early (required; audited).")] = "",
+    run: Annotated[
+        str | None, typer.Argument(help="The guarded run (default: the newest active guard).")
+    ] = None,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why the guard ends early (required; audited).")
+    ] = "",
     json_out: JsonOption = False,
 ) -> None:
     """End a guard early (audited): its hosts are no longer probed."""
