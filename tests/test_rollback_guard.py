@@ -42,7 +42,9 @@ def test_a_rollback_never_installs_a_quarantined_version(make_sim: Callable[...,
     assert run_ids(cli, sim) == before
 
 
-def test_forward_moves_are_refused_unless_allowed_with_a_reason(make_sim: Callable[..., Sim], cli: Cli) -> None:
+def test_forward_moves_are_refused_unless_allowed_with_a_reason(
+    make_sim: Callable[..., Sim], cli: Cli
+) -> None:
     sim = make_sim(nodes=4, stages=ONE_WIDE_STAGE, max_unavailable=None)
     cli("rollout 1.2.0 -l canary --yes", env=sim.env)
     cli("rollout 1.1.0 -l all:!canary --yes", env=sim.env)
@@ -70,7 +72,13 @@ def test_forward_moves_are_refused_unless_allowed_with_a_reason(make_sim: Callab
     summary = cli.json_lines([*args, "--yes", "--json"], env=sim.env)[-1]
     assert summary["status"] == "succeeded"
     assert summary["moves"] == [
-        {"host": "node-002", "from": "1.1.0", "to": "1.2.0", "direction": "forward", "why": "it never ran 1.2.0"}
+        {
+            "host": "node-002",
+            "from": "1.1.0",
+            "to": "1.2.0",
+            "direction": "forward",
+            "why": "it never ran 1.2.0",
+        }
     ]
     assert sim.current() == {**start, "node-002": "1.2.0"}
     audit = cli.json("audit --json", env=sim.env)["audit"]
