@@ -113,8 +113,12 @@ class Client:
         return None
 
     async def _check(self, target: HttpTarget, probe: Probe) -> None:
-        parts = urlsplit(target.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(target.url)
+            hostname, _port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise _Failed(f"not a valid URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not hostname:
             raise _Failed(f"not an http(s) URL: {target.url!r}")
         for name, value in target.headers:
             if any(c in value for c in "\r\n\0"):
@@ -226,6 +230,8 @@ def _short(value: Any) -> str:
 
 def describe(exc: BaseException) -> str:
     """A short one-line reason for whatever the request raised."""
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "not a valid URL"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return _clean(f"TLS: {_ssl_reason(exc.certificate_error)}")
     if isinstance(exc, aiohttp.ClientConnectorError):  # includes TLS handshake failures

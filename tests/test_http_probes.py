@@ -544,6 +544,18 @@ def test_weird_answers_are_short_failed_probes(tmp_path: Path, raw, payload: byt
     assert "\x1b" not in str(result.error)
 
 
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("http://127.0.0.1:99999/health", "not a valid URL: Port out of range"),
+        ("http://[::1/health", "not a valid URL: Invalid IPv6 URL"),
+        ("ftp://127.0.0.1/health", "not an http(s) URL"),
+    ],
+)
+def test_urls_that_render_wrong_are_failed_probes(tmp_path: Path, url: str, reason: str) -> None:
+    assert failed(probe_one(make_fleet(tmp_path, {"web1": 1}), Probe(http=url)), reason)
+
+
 def test_a_redirect_is_not_followed(tmp_path: Path, raw, serve) -> None:
     target = serve()
     port = raw(f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{target.port}/health\r\n\r\n".encode())
