@@ -69,6 +69,12 @@ def need(tool: str | bool, reason: str) -> None:
     pytest.skip(f"{what}: {reason}")
 
 
+def fallback(reason: str) -> None:
+    """A fixture ran in a degraded mode (said so with `say`): fine locally, a failure under CI."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI must run the full tests)", pytrace=False)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
     """Poll until `predicate` returns something truthy (returned); fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -157,6 +163,12 @@ class Sim:
         doc = yaml.safe_load(self.config.read_text())
         doc.update(sections)
         self.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def host_vars(self, node: str, **values: Any) -> None:
+        """Set inventory variables of one node (e.g. a bad checksum to make its update task fail)."""
+        doc = yaml.safe_load(self.info.inventory.read_text())
+        doc["all"]["hosts"][node].update(values)
+        self.info.inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     def set_current(self, node: str, version: str) -> None:
         """Flip a node by hand, outside fleetctl (drift), and restart its controller."""

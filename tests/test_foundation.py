@@ -135,7 +135,6 @@ def test_cancel_stops_ansible_promptly_without_orphans(sim: Sim) -> None:
     cancel = threading.Event()
     timer = threading.Timer(2.0, cancel.set)
     timer.start()
-    started = time.monotonic()
     run = executor.run(
         "update.yml",
         ["node-001", "node-002"],
@@ -147,9 +146,9 @@ def test_cancel_stops_ansible_promptly_without_orphans(sim: Sim) -> None:
             "hc_wait_timeout": 120,
         },
     )
-    elapsed = time.monotonic() - started
     assert run.cancelled and {r.status for r in run.results.values()} == {"cancelled"}
-    assert elapsed < 60, "cancel did not stop the run"  # the wait alone would take 120 s
+    # the activate task's 120 s wait was cut short, not waited out (it would end "did not answer")
+    assert not any("did not answer" in (r.error or "") for r in run.results.values())
     time.sleep(0.5)
     leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, "cancel-test")]
     assert leftovers == [], "ansible processes survived the cancel"
