@@ -443,3 +443,16 @@ def _plain(version: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="`freeze on --until 0001-01-01T00:00:00+01:00` (and `freeze status --at` the same) exits 1 with "
+    "'internal error: OverflowError: date value out of range' instead of a usage error (exit 2)",
+)
+def test_cli_freeze_until_the_edge_of_the_calendar_is_a_usage_error(
+    cli: Cli, offline: dict[str, str]
+) -> None:
+    refused(cli, offline, ["freeze", "on", "--reason", "prop", "--until", "0001-01-01T00:00:00+01:00"])
+    result = cli(["freeze", "status", "--at", "9999-12-31T23:59:59-01:00"], env=offline, code=None)
+    assert result.exit_code == 2, result.stderr
