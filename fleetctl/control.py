@@ -124,7 +124,8 @@ def abort(ctx: FleetContext, ref: str | None = None, wait: float = 0.0) -> RunRe
         plan = Plan.from_json(run.plan or {})
         ctx.store.runs.update(run.id, status="aborted", status_reason=f"aborted by {ctx.who}")
         if plan.kind == "rollout" and plan.on_failure == "rollback":
-            engine.revert(run, plan, f"aborted by {ctx.who}", aborted=True)
+            executor = ctx.executor().track(ctx.store.locks.groups, run.id)
+            engine.revert(run, plan, f"aborted by {ctx.who}", executor, aborted=True)
         return ctx.store.runs.get(run.id) or run
     finally:
         ctx.store.locks.release(ctx.lock_name, token)

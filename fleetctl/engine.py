@@ -19,8 +19,10 @@ from fleetctl.executor import Executor, HostResult
 from fleetctl.health import Prober, bake
 from fleetctl.plan import Plan, StagePlan
 from fleetctl.revert import Reverter, record_report, run_revert_batch
-from fleetctl.store.runs import RunHost, RunRecord
+from fleetctl.store.runs import ACTIVE, RunHost, RunRecord
 from fleetctl.watch import Watch
+
+IN_FLIGHT = ("updating", "rolling_back")  # a crash leaves hosts here: nobody knows what they run
 
 # A checkpoint looks at the run before a batch starts and returns a reason to pause, or None.
 Checkpoint = Callable[[RunRecord, StagePlan, int], str | None]
@@ -44,7 +46,7 @@ class Engine(Reverter):
         """Run (or continue) `run_id` while holding the fleet lock `token`. Returns the final record."""
         run = self._run(run_id)
         plan = Plan.from_json(run.plan or {})
-        executor = self.ctx.executor()
+        executor = self.ctx.executor().track(self.store.locks.groups, run_id)
         with Watch(self.ctx, run_id, token) as watch:
             self.watch = watch
             try:
@@ -273,8 +275,23 @@ class Engine(Reverter):
             self._finish(run.id, "aborted", reason)
 
     # -- resume support ------------------------------------------------------------------------------
-    def _reconcile(self, run: RunRecord, executor: Executor) -> None:
-        """Hosts left `updating` by a crash: ask them (facts.yml) what they run and place them again."""
+    @staticmethod
+    def settle_dead_runs(ctx: FleetContext) -> None:
+        """Before anything is planned from the journal (a rollback): end the Ansible that dead fleetctl
+        processes left on this machine, and ask the hosts a run without a live process left in flight
+        what they run, so the plan starts from what the nodes run, not from what the journal last saw."""
+        store = ctx.store
+        store.locks.groups.reap(notice=lambda text: ctx.emit("message", None, text=text))
+        lock = store.locks.holder(ctx.lock_name)
+        live = lock.run_id if lock and not store.locks.is_dead(lock) else None
+        for run in store.runs.list(limit=20, statuses=ACTIVE + ("halted", "aborted")):
+            if run.id != live and any(h.state in IN_FLIGHT for h in store.runs.hosts(run.id)):
+                engine = Engine(ctx)
+                engine._reconcile(run, ctx.executor().track(store.locks.groups), announce=False)
+
+    def _reconcile(self, run: RunRecord, executor: Executor, announce: bool = True) -> None:
+        """Hosts left `updating` by a crash: ask them (facts.yml) what they run and place them again.
+        (Any Ansible the dead process left was ended when the lock was taken: see store.locks.)"""
         states = self._states(run.id)
         plan = Plan.from_json(run.plan or {})
         in_flight = ("updating", "rolling_back") if plan.kind == "rollback" else ("updating",)
@@ -284,8 +301,9 @@ class Engine(Reverter):
         facts = executor.run("facts.yml", unsure, forks=50, ident=f"{run.id}-facts")
         reports = {h: r.version for h, r in facts.results.items() if r.ok}
         if reports:
+            # What a node answers here is an observation, not a change this run is known to have made.
             self.store.ledger.record(
-                plan.component, reports, source="fleetctl", run_id=run.id, operator=run.operator
+                plan.component, reports, source="observed", run_id=None, operator=run.operator
             )
         for host in unsure:
             result = facts.results.get(host)
@@ -295,7 +313,8 @@ class Engine(Reverter):
                 )
             elif result and result.ok:
                 self.store.runs.set_host(run.id, host, state="pending")
-        self.ctx.emit("run.resumed", run.id, rechecked=len(unsure))
+        if announce:
+            self.ctx.emit("run.resumed", run.id, rechecked=len(unsure))
 
     def _interrupted(self, run_id: str) -> None:
         run = self._run(run_id)

@@ -4,32 +4,28 @@ process group). Runner artifacts are rotated, so they do not grow without bound.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
+import shlex
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+from fleetctl.ansible_env import ANSIBLE_ENV, minimal_env, path_with_ansible, write_vars
+from fleetctl.orphans import MARKER, AnsibleGroup, launcher_command, terminate
+from fleetctl.units import BadNodeVersion, node_version, shown
 
 HostStatus = Literal["ok", "failed", "unreachable", "cancelled"]
 
-# Quiet, predictable Ansible: fleetctl renders progress itself.
-ANSIBLE_ENV = {
-    "ANSIBLE_RETRY_FILES_ENABLED": "False",
-    "ANSIBLE_PIPELINING": "True",
-    "ANSIBLE_NOCOLOR": "1",
-    "ANSIBLE_DEPRECATION_WARNINGS": "False",
-    "ANSIBLE_LOCALHOST_WARNING": "False",
-    "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
-    "ANSIBLE_SYSTEM_WARNINGS": "False",
-    "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True",
-    # Without it, Ansible's paramiko connection asks "continue connecting?" for a host missing from
-    # known_hosts, and nobody answers under ansible-runner: the run would hang. With it the host is
-    # refused at once (unreachable). Harmless for ssh and local.
-    "ANSIBLE_USE_PERSISTENT_CONNECTIONS": "True",
-}
+
+class GroupJournal(Protocol):
+    """Where an Executor records the Ansible process groups it runs (the journal's AnsibleGroups)."""
+
+    def add(self, group: AnsibleGroup) -> None: ...
+    def update(self, group: AnsibleGroup) -> None: ...
+    def clear(self, group: AnsibleGroup) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -83,6 +79,14 @@ class ExecutorSettings:
 class Executor:
     def __init__(self, settings: ExecutorSettings) -> None:
         self.settings = settings
+        self.journal: GroupJournal | None = None
+        self.run_id: str | None = None
+
+    def track(self, journal: GroupJournal, run_id: str | None = None) -> Executor:
+        """Record each Ansible process group in `journal` while it runs (so that a dead fleetctl's
+        can be ended by the next one), on behalf of `run_id`."""
+        self.journal, self.run_id = journal, run_id
+        return self
 
     def run(
         self,
@@ -98,10 +102,9 @@ class Executor:
         """Run `playbook` (a file in the playbooks dir) on exactly `hosts`. Every host gets one HostResult.
 
         `on_result` is called (from this thread) as each host finishes: on failure, or when the task that
-        reports the node's version returns. Setting `cancel` stops Ansible within about a second.
+        reports the node's version returns. Setting `cancel` stops Ansible within about a second. Ansible
+        dies with this process (see orphans.py); a version a node reports is checked (node_version).
         """
-        import ansible_runner
-
         s = self.settings
         hosts = list(dict.fromkeys(hosts))
         results: dict[str, HostResult] = {}
@@ -109,14 +112,13 @@ class Executor:
             return Execution(playbook, "successful", 0, results)
         s.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         _remove_orphans(s.work_dir)
-        limit_file = s.work_dir / f"limit-{os.getpid()}-{threading.get_ident()}"
+        limit_file = _private_dir(s.work_dir) / f"limit-{os.getpid()}-{threading.get_ident()}"
         limit_file.write_text("".join(f"{h}\n" for h in hosts))
         # Extra vars go through a private file, not the command line (which `ps` shows to everyone).
-        vars_file = limit_file.with_name(limit_file.name.replace("limit-", "vars-") + ".json")
-        fd = os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({**s.extravars, **(extravars or {})}, fh)
+        vars_file = limit_file.with_name(limit_file.name.replace("limit-", "vars-") + ".yml")
+        write_vars(vars_file, s.extravars, extravars or {})
         pending = {h: _Tracker() for h in hosts}
+        group = AnsibleGroup.new(playbook, hosts, self.run_id)
 
         def emit(result: HostResult) -> None:
             if result.host in results or result.host not in pending:
@@ -125,7 +127,12 @@ class Executor:
             if on_result:
                 on_result(result)
 
+        def note_group() -> None:
+            if group.pid is None and group.find_leader() and self.journal:
+                self.journal.update(group)
+
         def handle(event: dict[str, Any]) -> bool:
+            note_group()
             data = event.get("event_data") or {}
             host = data.get("host")
             kind = event.get("event", "")
@@ -133,47 +140,44 @@ class Executor:
                 return True
             res = data.get("res") or {}
             tracker = pending[host]
-            if "hc_previous" in res and tracker.previous is None:
-                tracker.previous = res["hc_previous"]
-            if kind == "runner_on_ok":
+            if "hc_previous" in res and tracker.previous is None and tracker.bad is None:
+                tracker.previous, tracker.bad = _checked(res["hc_previous"])
+            if "hc_version" in res and tracker.bad is None:
+                tracker.version, tracker.bad = _checked(res["hc_version"])
+            if tracker.bad is not None and kind in ("runner_on_ok", "runner_on_failed"):
+                emit(
+                    HostResult(host, "failed", None, tracker.changed or bool(res.get("changed")), tracker.bad)
+                )
+            elif kind == "runner_on_ok":
                 tracker.changed |= bool(res.get("changed"))
                 if "hc_version" in res:
-                    tracker.version = res.get("hc_version")
                     emit(HostResult(host, "ok", tracker.version, tracker.changed, previous=tracker.previous))
             elif kind == "runner_on_failed" and not data.get("ignore_errors"):
-                emit(
-                    HostResult(
-                        host,
-                        "failed",
-                        res.get("hc_version", tracker.version),
-                        tracker.changed,
-                        _error_text(res, data),
-                        tracker.previous,
-                    )
-                )
+                error = _error_text(res, data)
+                emit(HostResult(host, "failed", tracker.version, tracker.changed, error, tracker.previous))
             elif kind == "runner_on_unreachable":
                 emit(HostResult(host, "unreachable", tracker.version, False, _error_text(res, data)))
             return True
 
-        runner = ansible_runner.run(
-            private_data_dir=str(s.work_dir),
-            project_dir=str(s.playbooks),
-            playbook=playbook,
-            inventory=[str(p) for p in s.inventory],
-            limit=f"@{limit_file}",
-            forks=max(1, min(forks, len(hosts))),
-            cmdline=f"-e @{vars_file}",
-            envvars={**ANSIBLE_ENV, "PATH": _path_with_ansible(), **s.envvars},
-            ident=ident,
-            rotate_artifacts=s.keep_artifacts,
-            quiet=True,
-            suppress_env_files=True,
-            event_handler=handle,
-            cancel_callback=(lambda: cancel.is_set()) if cancel is not None else (lambda: False),
-            timeout=s.timeout,
-        )
-        limit_file.unlink(missing_ok=True)
-        vars_file.unlink(missing_ok=True)
+        def cancelled() -> bool:
+            note_group()
+            return cancel is not None and cancel.is_set()
+
+        if self.journal:
+            self.journal.add(group)
+        try:
+            runner = self._runner(
+                playbook, hosts, forks, limit_file, vars_file, ident, group, handle, cancelled
+            )
+            runner.run()
+        finally:
+            # A cancel kills the playbook's process group, not its workers (each in a session of its
+            # own) nor their modules: end them, and wait, before anyone looks at the hosts.
+            terminate(group)
+            limit_file.unlink(missing_ok=True)
+            vars_file.unlink(missing_ok=True)
+            if self.journal:
+                self.journal.clear(group)
         status, rc = runner.status, runner.rc
         tail = None
         if status not in ("successful", "canceled"):
@@ -181,21 +185,56 @@ class Executor:
         for host, tracker in pending.items():
             if host in results:
                 continue
-            if status == "canceled":
+            if tracker.bad is not None:
+                emit(HostResult(host, "failed", None, tracker.changed, tracker.bad))
+            elif status == "canceled":
                 emit(HostResult(host, "cancelled", tracker.version, tracker.changed, "cancelled"))
             elif status == "successful":
                 emit(HostResult(host, "ok", tracker.version, tracker.changed))
             else:
-                emit(
-                    HostResult(
-                        host,
-                        "failed",
-                        tracker.version,
-                        tracker.changed,
-                        f"ansible-playbook {status} (rc={rc}) before this host finished: {tail}",
-                    )
-                )
+                error = f"ansible-playbook {status} (rc={rc}) before this host finished: {tail}"
+                emit(HostResult(host, "failed", tracker.version, tracker.changed, error))
         return Execution(playbook, status, rc, results, Path(runner.config.artifact_dir))
+
+    def _runner(
+        self,
+        playbook: str,
+        hosts: list[str],
+        forks: int,
+        limit_file: Path,
+        vars_file: Path,
+        ident: str | None,
+        group: AnsibleGroup,
+        handle: Callable[[dict[str, Any]], bool],
+        cancelled: Callable[[], bool],
+    ) -> Any:
+        """ansible-runner's Runner, prepared as ansible_runner.run would, then: a minimal environment
+        (ansible_env.minimal_env) and the command under the launcher that dies with us (orphans.py)."""
+        from ansible_runner import Runner
+        from ansible_runner.config.runner import RunnerConfig
+
+        s = self.settings
+        explicit = {**ANSIBLE_ENV, "PATH": path_with_ansible(), **s.envvars, MARKER: group.marker}
+        config = RunnerConfig(
+            private_data_dir=str(s.work_dir),
+            project_dir=str(s.playbooks),
+            playbook=playbook,
+            inventory=[str(p) for p in s.inventory],
+            # One argv item, but Ansible splits a limit on whitespace unless it holds a comma.
+            limit=f"@{limit_file},",
+            forks=max(1, min(forks, len(hosts))),
+            cmdline=f"-e {shlex.quote('@' + str(vars_file))}",  # split with shlex by ansible-runner
+            envvars=explicit,
+            ident=ident,
+            rotate_artifacts=s.keep_artifacts,
+            quiet=True,
+            suppress_env_files=True,
+            timeout=s.timeout,
+        )
+        config.prepare()
+        config.env = minimal_env(config.env, explicit)
+        config.command = launcher_command(config.command)
+        return Runner(config, event_handler=handle, cancel_callback=cancelled)
 
 
 @dataclass
@@ -203,6 +242,29 @@ class _Tracker:
     version: str | None = None
     previous: str | None = None
     changed: bool = False
+    bad: str | None = None  # the node reported a version that is not plain: why the host failed
+
+
+def _checked(raw: object) -> tuple[str | None, str | None]:
+    """(version, None) for a plain version or nothing; (None, error) for anything else a node says."""
+    if raw is None:
+        return None, None
+    try:
+        return node_version(raw), None
+    except BadNodeVersion:
+        return None, f"node reports an invalid version {shown(raw)}"
+
+
+def _private_dir(work_dir: Path) -> Path:
+    """Where limit files go: the work dir, unless its path holds a comma (Ansible splits a limit on
+    commas); then a private dir of its own under the temp dir."""
+    if "," not in str(work_dir):
+        return work_dir
+    path = Path(tempfile.gettempdir()) / f"fleetctl-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    if path.is_symlink() or path.stat().st_uid != os.getuid():
+        raise OSError(f"{path} is not a private directory of this user")
+    return path
 
 
 def _remove_orphans(work_dir: Path) -> None:
@@ -211,11 +273,6 @@ def _remove_orphans(work_dir: Path) -> None:
         pid = path.name.split("-")[1]
         if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
             path.unlink(missing_ok=True)
-
-
-def _path_with_ansible() -> str:
-    """PATH with fleetctl's own environment first, so its ansible-playbook runs (a venv need not be active)."""
-    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
 
 
 def _error_text(res: dict[str, Any], data: dict[str, Any]) -> str:

@@ -1,17 +1,20 @@
 """One run per fleet at a time: a lock row with a heartbeat. A holder whose heartbeat stopped (or whose
-process is gone on this machine) is dead, and its lock can be taken over safely."""
+process is gone on this machine) is dead, and its lock can be taken over safely: taking the lock first
+ends and waits for any Ansible process group a dead fleetctl left on this machine (orphans.py)."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from fleetctl.orphans import AnsibleGroup, reap
 from fleetctl.store import schema
 
 if TYPE_CHECKING:
@@ -51,6 +54,7 @@ class LockInfo:
 class Locks:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.groups = AnsibleGroups(store)
 
     def holder(self, name: str) -> LockInfo | None:
         with self.store.read() as conn:
@@ -98,6 +102,14 @@ class Locks:
                     heartbeat_at=now,
                 )
             )
+        try:
+            self.groups.reap()
+        except OSError as exc:
+            self.release(name, token)
+            raise LockedError(
+                f"the Ansible of a dead fleetctl is still running: {exc}",
+                "end those processes, then try again",
+            ) from None
         return token, previous
 
     def heartbeat(self, name: str, token: str, run_id: str | None = None) -> bool:
@@ -117,3 +129,56 @@ class Locks:
             conn.execute(
                 schema.locks.delete().where(schema.locks.c.name == name, schema.locks.c.token == token)
             )
+
+
+class AnsibleGroups:
+    """The Ansible process groups fleetctl processes are running (or left behind when killed)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def add(self, group: AnsibleGroup) -> None:
+        with self.store.tx() as conn:
+            conn.execute(
+                schema.ansible_groups.insert().values(
+                    **{k: getattr(group, k) for k in _COLUMNS}, started_at=self.store.now()
+                )
+            )
+
+    def update(self, group: AnsibleGroup) -> None:
+        t = schema.ansible_groups
+        with self.store.tx() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.marker == group.marker)
+                .values(pgid=group.pgid, pid=group.pid, start=group.start)
+            )
+
+    def clear(self, group: AnsibleGroup) -> None:
+        t = schema.ansible_groups
+        with self.store.tx() as conn:
+            conn.execute(t.delete().where(t.c.marker == group.marker))
+
+    def all(self) -> list[AnsibleGroup]:
+        with self.store.read() as conn:
+            rows = conn.execute(select(schema.ansible_groups)).mappings().all()
+        return [AnsibleGroup(**{k: r[k] for k in _COLUMNS}) for r in rows]
+
+    def reap(self, notice: Callable[[str], None] | None = None) -> list[AnsibleGroup]:
+        """End and wait for the groups of dead fleetctl processes on this machine (see orphans.reap)."""
+        return reap(self.all(), self.clear, notice)
+
+
+_COLUMNS = (
+    "marker",
+    "hostname",
+    "boot_id",
+    "owner_pid",
+    "owner_start",
+    "pgid",
+    "pid",
+    "start",
+    "run_id",
+    "playbook",
+    "hosts",
+)
