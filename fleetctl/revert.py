@@ -12,6 +12,7 @@ from fleetctl.executor import Executor, HostResult
 from fleetctl.health import Prober, bake
 from fleetctl.plan import Plan, revert_plan
 from fleetctl.store.runs import RunHost, RunRecord
+from fleetctl.units import BadNodeVersion, is_plain_version, node_version, shown
 from fleetctl.watch import Watch
 
 if TYPE_CHECKING:
@@ -21,15 +22,25 @@ if TYPE_CHECKING:
 
 
 def record_report(ctx: FleetContext, plan: Plan, run: RunRecord, result: HostResult) -> None:
-    """The ledger records what a node reports it runs, whatever fleetctl intended."""
+    """The ledger records what a node reports it runs, whatever fleetctl intended. A report that is
+    not a plain version is recorded as unknown (the host's result says why it failed)."""
     if result.version is not None:
+        try:
+            version: str | None = node_version(result.version)
+        except BadNodeVersion:
+            version = None
         ctx.store.ledger.record(
             plan.component,
-            {result.host: result.version},
+            {result.host: version},
             source="fleetctl",
             run_id=run.id,
             operator=run.operator,
         )
+
+
+def reported(result: HostResult) -> str:
+    """A node's reported version for an error message: escaped, never trusted."""
+    return shown(result.version) if result.version is not None else "no version"
 
 
 TOUCHED = ("updating", "verifying", "done", "failed", "rolling_back")
@@ -56,8 +67,14 @@ class Reverter:
             self.watch.cancel.clear()
         states = self._states(run.id)
         touched = {h: s.from_version for h, s in states.items() if s.state in TOUCHED}
-        targets = {h: v for h, v in touched.items() if v}
+        bad = {h: v for h, v in touched.items() if v and not is_plain_version(v)}
+        for host, was in sorted(bad.items()):  # never handed to a playbook: a human must look
+            error = f"not rolled back: its from-version {shown(was)} is not a plain version"
+            self.store.runs.set_host(run.id, host, state="failed", error=error)
+            self.ctx.emit("host.failed", run.id, host=host, error=error, stage="rollback")
+        targets = {h: v for h, v in touched.items() if v and h not in bad}
         unknown = self._unchanged_dropped(run, plan, sorted(h for h, v in touched.items() if not v), executor)
+        unknown += sorted(bad)
         self.store.runs.set_hosts(run.id, list(targets), "rolling_back")
         versions = self.store.ledger.versions(plan.component)
         revert = revert_plan(
@@ -143,7 +160,7 @@ def run_revert_batch(
                 run.id,
                 result.host,
                 state="failed",
-                error=f"rollback: {result.error or f'reports {result.version}, expected {target}'}",
+                error=f"rollback: {result.error or f'reports {reported(result)}, expected {target}'}",
             )
         ctx.emit("host.result", run.id, stage="rollback", kind="rollback", **result.to_json())
 

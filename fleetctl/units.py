@@ -127,6 +127,15 @@ def node_version(raw: object) -> str:
         ) from None
 
 
+def is_plain_version(raw: object) -> bool:
+    """True for a plain version (what node_version accepts)."""
+    try:
+        node_version(raw)
+    except BadNodeVersion:
+        return False
+    return True
+
+
 def node_version_or_none(raw: object) -> str | None:
     """node_version, with None (nothing reported) passed through."""
     return None if raw is None else node_version(raw)
