@@ -46,6 +46,11 @@ JINJA = "{{ lookup('pipe', 'cd; touch fleetctl-pwned-SEED') }}"  # a node's rele
 RESTART = re.compile(r"(node-\d+): restarted \((\S+) -> (\S+)\)")
 
 
+def one_line(text: str, limit: int = 400) -> str:
+    flat = " | ".join(line.strip() for line in text.splitlines() if line.strip())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 # -- results ------------------------------------------------------------------------------------------
 @dataclass
 class Tally:
@@ -71,11 +76,11 @@ class Tally:
 
     def note(self, counter: str, text: str) -> None:
         setattr(self, counter, getattr(self, counter) + 1)
-        self.notes.append(f"{counter}: {text}")
+        self.notes.append(f"{counter}: {one_line(text)}")
 
     def observe(self, text: str) -> None:
         """Worth a look, not counted: the issue's checks did not ask for it."""
-        self.notes.append(f"observed: {text}")
+        self.notes.append(f"observed: {one_line(text)}")
 
     def zeros(self) -> dict[str, int]:
         keys = ("mismatches", "duplicates", "tracebacks", "hangs", "db_locked", "orphans", "unhandled")
@@ -340,9 +345,17 @@ def kill_trial(seed: int, nodes: int) -> Tally:
             busy = ("updating",) if moment == "batch" else ("verifying",)
         if moment == "journal":
             fleet.wait_for(lambda: fleet.states(), 60, proc)
-            time.sleep(rng.uniform(0.0, 6.0 if kind != "rollback" else 2.5))
+            low = 2.0 if kind == "rollout+rollback" else 0.0
+            time.sleep(rng.uniform(low, 6.0 if kind != "rollback" else 2.5))
         else:
-            fleet.wait_for(lambda: any(s in busy for s in fleet.states().values()), 60, proc)
+            # the emergency rollback is the worst morning when some host already runs the new version
+            need = ("done",) if kind == "rollout+rollback" else ()
+
+            def moment_reached() -> bool:
+                states = set(fleet.states().values())
+                return bool(states & set(busy)) and all(n in states for n in need)
+
+            fleet.wait_for(moment_reached, 60, proc)
             time.sleep(rng.uniform(0.0, 0.8))
         kids = descendants(proc.pid)
         killed = proc.poll() is None
