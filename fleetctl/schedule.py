@@ -9,6 +9,9 @@ runs `fleetctl resume`. An operator's resume applies only the freeze checkpoint,
 from __future__ import annotations
 
 import dataclasses
+import os
+import pwd
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -268,23 +271,65 @@ def _start(
 
 
 # -- installing the timer -----------------------------------------------------------------------------
-def install_units(kind: str, fleetctl_path: str | Path, config_path: str | Path) -> str:
+def install_units(
+    kind: str, fleetctl_path: str | Path, config_path: str | Path, user: str | None = None
+) -> str:
     """The text to install so `fleetctl tick` runs every 5 minutes: a systemd service and timer, or a
-    crontab line. Ticks outside a window only print one line, so a fixed 5-minute beat is enough."""
+    crontab line, run as `user` (default: the owner of fleet.yml). Ticks outside a window only print one
+    line, so a fixed 5-minute beat is enough. Paths are quoted for the target: systemd's own quoting
+    with `%` and `$` doubled, a shell-quoted crontab command with `%` escaped (cron makes a bare `%` a
+    newline)."""
     exe, cfg = str(fleetctl_path), str(config_path)
+    for what, value in (("fleetctl path", exe), ("config path", cfg)):
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise UsageError(
+                f"the {what} {value!r} holds a control character and cannot go into a unit or crontab",
+                "move fleetctl or fleet.yml to a plain path",
+            )
+    user = user or owner_of(cfg)
     if kind == "systemd":
-        return SYSTEMD.format(exe=_systemd_quote(exe), cfg=_systemd_quote(cfg))
+        return SYSTEMD.format(exe=_systemd_quote(exe, argument=False), cfg=_systemd_quote(cfg), user=user)
     if kind == "cron":
+        bad = next((v for v in (exe, cfg) if "\\" in v), None)
+        if bad is not None:  # cron gives `\%` a meaning of its own: no backslash is written safely
+            raise UsageError(
+                f"the path {bad!r} holds a backslash, which a crontab line cannot carry safely",
+                "use --systemd, or a path without backslashes",
+            )
         cmd = f"{shlex.quote(exe)} --config {shlex.quote(cfg)} tick 2>&1 | logger -t fleetctl-tick"
+        cmd = cmd.replace("%", "\\%")  # cron turns a bare % into a newline (the rest goes to stdin)
         return (
-            "# crontab -e (as the user that owns fleet.yml and its state database)\n"
+            f"# crontab -u {user} -e (the user that owns fleet.yml and its state database)\n"
             f"*/5 * * * * FLEETCTL_OPERATOR=fleetctl-tick {cmd}\n"
         )
     raise UsageError(f"unknown unit kind {kind!r}", "use --systemd or --cron")
 
 
-def _systemd_quote(value: str) -> str:
-    if any(c in value for c in ' \t"\\'):
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
+
+
+def owner_of(path: str | Path) -> str:
+    """The user that owns `path` (else the current user), as a name usable in User= and crontab -u;
+    a uid when the name is unknown or unusual."""
+    try:
+        uid = os.stat(path).st_uid
+    except OSError:
+        uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+    return name if _USER.fullmatch(name) else str(uid)
+
+
+def _systemd_quote(value: str, *, argument: bool = True) -> str:
+    """One word of a systemd command line: specifiers (%) doubled, and in arguments variables ($) too
+    (the executable's path is not expanded), then quoted with C-style escapes when it holds anything
+    systemd would split or interpret."""
+    value = value.replace("%", "%%")
+    if argument:
+        value = value.replace("$", "$$")
+    if not value or any(c in value for c in " \t\"'\\;"):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return value
 
@@ -298,7 +343,8 @@ Wants=network-online.target
 
 [Service]
 Type=oneshot
-# User=fleetctl            # the user that owns fleet.yml and its state database
+# the user that owns fleet.yml and its state database
+User={user}
 Environment=FLEETCTL_OPERATOR=fleetctl-tick
 ExecStart={exe} --config {cfg} tick
 # A rollout can outlast the 5-minute beat; the timer does not start a second tick meanwhile.

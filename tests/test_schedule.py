@@ -255,3 +255,87 @@ def test_window_cutoff_mid_run_pauses_and_the_next_window_resumes(make_sim):
     item = ctx.store.queue.get(1)
     assert item is not None and (item.status, item.run_id) == ("done", outcome.run.id)
     assert schedule.tick(ctx).message == "nothing to do: queue empty"
+
+
+# -- install: quoting and User= (issue 9) ----------------------------------------------------------------
+def _odd_install(tmp_path):
+    """A fleetctl and a fleet.yml at paths with spaces, %, $ and quotes; the fleetctl prints its argv."""
+    import os
+
+    bindir = tmp_path / "fleet ctl %d $HOME" / "bin"
+    bindir.mkdir(parents=True)
+    exe = bindir / "fleetctl"
+    out = tmp_path / "argv.txt"
+    exe.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > '{out}'\n")
+    exe.chmod(0o755)
+    cfg = tmp_path / "it's 100% fleet.yml"
+    cfg.write_text("inventory: x\n")
+    if os.geteuid() == 0:
+        os.chown(cfg, 1, 1)  # owned by another user (daemon): User= names it, not the caller
+    return exe, cfg, out
+
+
+def test_install_cron_line_escapes_percent_and_runs_as_the_owner(tmp_path):
+    import pwd
+    import subprocess
+
+    exe, cfg, out = _odd_install(tmp_path)
+    text = schedule.install_units("cron", exe, cfg)
+    owner = pwd.getpwuid(cfg.stat().st_uid).pw_name
+    comment, line = text.splitlines()
+    assert comment.startswith(f"# crontab -u {owner} -e")
+    assert "%" not in line.replace("\\%", "")  # every % escaped: cron would cut the line there
+    # What cron does with the line (crontab(5)): an unescaped % ends the command, `\%` is a %; then sh.
+    command = line.split(" ", 5)[5].replace("\\%", "\0").split("%")[0].replace("\0", "%")
+    command = command.replace("| logger -t fleetctl-tick", "")
+    subprocess.run(["/bin/sh", "-c", command], check=True, timeout=30)
+    assert out.read_text().splitlines() == ["--config", str(cfg), "tick"]
+
+
+def test_install_systemd_quotes_execstart_and_sets_user(tmp_path):
+    import pwd
+    import shutil
+    import subprocess
+
+    exe, cfg, _ = _odd_install(tmp_path)
+    text = schedule.install_units("systemd", exe, cfg)
+    owner = pwd.getpwuid(cfg.stat().st_uid).pw_name
+    assert f"\nUser={owner}\n" in text
+    [start] = [ln for ln in text.splitlines() if ln.startswith("ExecStart=")]
+    quoted = '"' + str(exe).replace("%", "%%") + '"'  # the executable's path is not $-expanded
+    assert start.startswith(f"ExecStart={quoted} --config ")
+    args = start[len(f"ExecStart={quoted}") :]
+    assert "$" not in args.replace("$$", "") and "%" not in start.replace("%%", "")
+    assert (
+        schedule.install_units("systemd", "/usr/bin/fleetctl", cfg, user="deploy").count("User=deploy") == 1
+    )
+    if shutil.which("systemd-analyze") is None:
+        return
+    units = tmp_path / "units"
+    units.mkdir()
+    for chunk in text.split("# /etc/systemd/system/")[1:]:
+        name, _, body = chunk.partition("\n")
+        (units / name.strip()).write_text(body)
+    verify = subprocess.run(
+        [
+            "systemd-analyze",
+            "verify",
+            str(units / "fleetctl-tick.service"),
+            str(units / "fleetctl-tick.timer"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stderr
+
+
+@pytest.mark.parametrize("kind", ["cron", "systemd"])
+def test_install_refuses_paths_it_cannot_write(kind):
+    from fleetctl.errors import UsageError
+
+    with pytest.raises(UsageError, match="control character"):
+        schedule.install_units(kind, "/opt/a\nb/fleetctl", "/etc/f.yml")
+    if kind == "cron":
+        with pytest.raises(UsageError, match="backslash"):
+            schedule.install_units(kind, "/opt/a\\%b/fleetctl", "/etc/f.yml")
