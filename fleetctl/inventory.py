@@ -117,13 +117,10 @@ class Fleet:
         return self.hosts[name].groups
 
     def _rendered(self, name: str, key: str) -> str:
-        raw = self.hosts[name].vars.get(key)
-        if not isinstance(raw, str) or "{" not in raw:
-            return str(raw)
         try:
-            return self.hosts[name].render(raw)
+            return str(self.hosts[name].rendered_var(key))  # `!unsafe` values stay literal
         except InventoryError:
-            return raw
+            return str(self.hosts[name].vars.get(key))
 
     def fingerprint(self, names: Iterable[str] | None = None) -> str:
         """Hash of hosts, group membership and the variables fleetctl reads: changes when the fleet does."""

@@ -462,3 +462,39 @@ def test_fingerprint_follows_templated_vars(tmp_path: Path) -> None:
     )
     assert before["web01"].render("{{ hc_port }}") != after["web01"].render("{{ hc_port }}")
     assert before.fingerprint() != after.fingerprint()
+
+
+# --- rendered variables (SshClient targets, the fingerprint) --------------------------------------------
+
+
+def test_rendered_var_renders_templates_but_not_unsafe_values(tmp_path: Path) -> None:
+    inv = write(
+        tmp_path / "inv.yml",
+        "all:\n  vars:\n    base_port: 2200\n  hosts:\n    h1:\n"
+        "      ansible_host: '{{ inventory_hostname }}.example'\n"
+        "      ansible_port: '{{ base_port | int + 1 }}'\n"
+        '      hc_root: !unsafe \'/opt/{{ lookup("pipe", "id") }}\'\n'
+        "      plain: 7\n",
+    )
+    h1 = load_inventory([inv])["h1"]
+    assert h1.rendered_var("ansible_host") == "h1.example"
+    assert int(h1.rendered_var("ansible_port")) == 2201
+    assert h1.rendered_var("hc_root") == '/opt/{{ lookup("pipe", "id") }}'  # !unsafe: data, never run
+    assert h1.rendered_var("plain") == 7 and h1.rendered_var("missing", "d") == "d"
+
+
+def test_rendered_var_that_cannot_render_names_the_variable(tmp_path: Path) -> None:
+    inv = write(tmp_path / "inv.yml", "all:\n  hosts:\n    h1:\n      ansible_port: '{{ nowhere }}'\n")
+    with pytest.raises(InventoryError, match="ansible_port of host h1"):
+        load_inventory([inv])["h1"].rendered_var("ansible_port")
+
+
+def test_fingerprint_does_not_render_unsafe_values(tmp_path: Path) -> None:
+    """The fingerprint renders templated ansible_host/hc_root, but a value marked !unsafe is data."""
+    marker = tmp_path / "rendered"
+    inv = write(
+        tmp_path / "inv.yml",
+        f"all:\n  hosts:\n    h1:\n      hc_root: !unsafe \"{{{{ lookup('pipe', 'touch {marker}') }}}}\"\n",
+    )
+    load_inventory([inv]).fingerprint()
+    assert not marker.exists()
