@@ -132,3 +132,24 @@ def test_rollback_refuses_a_recorded_from_version_that_is_not_plain(
     assert why[NODE].startswith("not revertible: the version to go back to, ")
     assert "is not a plain version" in why[NODE]
     _nothing_evaluated(sim, marker, back.stdout)
+
+
+def test_an_edited_and_resealed_plan_file_is_refused_and_changes_nothing(
+    make_sim: Callable[..., Sim], cli: Cli, tmp_path: Path
+) -> None:
+    """A plan file is an artifact anyone can edit and re-fingerprint: `rollout --plan` rebuilds the plan
+    and runs only an equal one (exit 2 otherwise, naming what differs; no node, no journal touched)."""
+    import hashlib
+
+    sim = make_sim(nodes=3)
+    path = tmp_path / "plan.json"
+    cli(f"plan 1.1.0 -o {path}", env=sim.env)
+    doc = json.loads(path.read_text())
+    doc["stages"][0]["bake"] = 0.0  # no bake for the canary
+    core = {k: v for k, v in doc.items() if k not in ("fingerprint", "estimate", "estimate_seconds")}
+    doc["fingerprint"] = hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
+    path.write_text(json.dumps(doc))
+    refused = cli(f"rollout --plan {path} --yes", env=sim.env, code=2)
+    assert "bake is 0.0 in the plan, 1.0 now" in refused.stderr
+    assert set(sim.current().values()) == {"1.0.0"}
+    assert cli.json("runs --json", env=sim.env)["runs"] == []
