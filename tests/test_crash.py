@@ -163,3 +163,22 @@ def test_a_lock_takeover_ends_and_waits_for_a_dead_holders_ansible(tmp_path: Any
         for p in (orphan, stranger, ours):
             p.kill()
             p.wait()
+
+
+def test_resume_records_what_it_asks_a_node_as_observed(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    """Finding 9: the ledger never saw node-001; resume asks it what it runs after a kill -9. That
+    answer is an observation (source `observed`, no run), not a change the run made."""
+    sim = slow_sim(make_sim, forks=1)
+    assert cli.json("history --json", env=sim.env)["changes"] == []
+    proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
+    try:
+        wait_for(lambda: states(sim).get("node-001") == "updating", what="the canary in flight")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    cli("resume --yes", env=sim.env)
+    assert set(sim.current().values()) == {"1.1.0"}
+    changes = [c for c in cli.json("history --json", env=sim.env)["changes"] if c["host"] == "node-001"]
+    first = min(changes, key=lambda c: c["at"])
+    assert first["from"] is None and first["source"] == "observed" and first["run"] is None, changes
+    assert all(c["source"] == "fleetctl" for c in changes if c["run"] is not None), changes

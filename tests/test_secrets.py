@@ -77,3 +77,20 @@ def test_without_the_vault_password_the_run_fails_cleanly(sim: Sim, cli: Cli) ->
     assert "no vault secrets found" in summary["failed"][0]["error"]
     assert sim.current()["node-001"] == "1.0.0"
     assert SECRET not in result.stdout + result.stderr
+
+
+ENV_SECRET = "env-PLAINTEXT-TOKEN-7d1e88"
+
+
+def test_environment_secrets_never_reach_runner_artifacts(sim: Sim, cli: Cli) -> None:
+    """ansible-runner writes the environment it gives Ansible into each run's artifacts: fleetctl gives
+    it a minimal one, so tokens and passwords in fleetctl's own environment stay out of every file."""
+    env = {**sim.env, "FLEETCTL_TEST_SECRET_TOKEN": ENV_SECRET, "PGPASSWORD": ENV_SECRET}
+    out = cli("rollout 1.1.0 -l canary --yes --json", env=env).stdout
+    out += cli("versions --refresh --json", env=env).stdout
+    out += cli("rollback --yes --json", env=env).stdout
+    assert sim.current()["node-001"] == "1.0.0"
+    artifacts = list((sim.dir / ".fleetctl" / "runner" / "artifacts").glob("*/command"))
+    assert artifacts, "runner artifacts were written"
+    assert ENV_SECRET not in out
+    assert files_mentioning(sim.dir, ENV_SECRET) == []
