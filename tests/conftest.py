@@ -101,6 +101,36 @@ def host_states(doc: dict[str, Any] | None) -> dict[str, str]:
     return {h["host"]: h["state"] for h in (doc or {}).get("hosts", [])}
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_fleet(tmp_path: Path, ports: dict[str, int], **host_vars: Any) -> Any:
+    """An inventory of hosts on 127.0.0.1, each with its controller's port (hc_port), loaded as a Fleet."""
+    from fleetctl.inventory import load_inventory
+
+    hosts = {h: {"ansible_host": "127.0.0.1", "hc_port": p, **host_vars} for h, p in ports.items()}
+    return load_inventory([write(tmp_path / "inventory.yml", {"all": {"hosts": hosts}})])
+
+
+class StepClock:
+    """A monotonic clock that moves `step` seconds each time it is read: rounds become deterministic."""
+
+    def __init__(self, step: float) -> None:
+        self.t = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        now = self.t
+        self.t += self.step
+        return now
+
+
 class Clock:
     """An injected clock the test moves by hand."""
 

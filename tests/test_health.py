@@ -15,11 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 
 from fleetctl.config import HealthConfig, Probe
 from fleetctl.health import GateOutcome, Prober, ProbeResult, bake
-from fleetctl.inventory import Fleet, load_inventory
+from tests.conftest import StepClock, closed_port, make_fleet
 
 URL = "http://{{ ansible_host }}:{{ hc_port }}/health"
 TIMEOUT = 0.2
@@ -107,34 +106,8 @@ def controllers() -> Iterator[Callable[..., Controller]]:
         server.server_close()
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_fleet(tmp_path: Path, ports: dict[str, int]) -> Fleet:
-    hosts = {h: {"ansible_host": "127.0.0.1", "hc_port": p} for h, p in ports.items()}
-    path = tmp_path / "inventory.yml"
-    path.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
-    return load_inventory([path])
-
-
 def http(**kw: object) -> Probe:
     return Probe(**{"http": URL, "timeout": TIMEOUT, **kw})
-
-
-class StepClock:
-    """A monotonic clock that moves `step` seconds each time it is read: rounds become deterministic."""
-
-    def __init__(self, step: float) -> None:
-        self.t = 0.0
-        self.step = step
-
-    def __call__(self) -> float:
-        now = self.t
-        self.t += self.step
-        return now
 
 
 def health(*probes: Probe, failures_to_fail: int = 2) -> HealthConfig:

@@ -325,3 +325,19 @@ def test_thousand_nodes(make_sim: SimFactory, capsys: pytest.CaptureFixture[str]
     assert fleet.is_running(info.dir) is None and pid
     with capsys.disabled():
         print(f"\n1000 nodes: create {created - started:.2f}s, health sweep {swept - created:.2f}s")
+
+
+def test_need_skips_locally_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SSH tests' guard: a missing tool is a loud skip locally, a failure under CI."""
+    from tests.conftest import fallback, need
+
+    monkeypatch.delenv("CI", raising=False)
+    need("sh", "present")
+    with pytest.raises(pytest.skip.Exception, match="no-such-tool-xyz is missing: r"):
+        need("no-such-tool-xyz", "r")
+    fallback("degraded")  # locally: said, not failed
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run"):
+        need("no-such-tool-xyz", "r")
+    with pytest.raises(pytest.fail.Exception, match="degraded"):
+        fallback("degraded")

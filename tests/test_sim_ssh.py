@@ -23,7 +23,8 @@ from fleetctl.context import FleetContext
 from fleetctl.errors import SimError
 from fleetctl.executor import Execution
 from fleetctl.sim import artifacts, fleet, registry
-from tests.conftest import fallback, say
+from fleetctl.sim.sshd import ssh_bin, sshd_bin
+from tests.conftest import fallback, need, say
 
 pytestmark = pytest.mark.ssh
 
@@ -34,6 +35,7 @@ NODES = 3
 def ssh_sim(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> fleet.SimInfo:
     """A 3-node ssh sim made by `fleetctl sim up --ssh` in a subprocess that has exited: the SSH hosts
     must outlive it."""
+    need(sshd_bin() is not None and ssh_bin() is not None, "the SSH tests need OpenSSH (sshd and ssh)")
     d = tmp_path_factory.mktemp("simssh") / "sim"
     started = time.monotonic()
     cp = subprocess.run(

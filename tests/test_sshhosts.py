@@ -21,6 +21,7 @@ import paramiko
 import pytest
 
 from fleetctl.errors import SimError
+from fleetctl.sim.sshd import ssh_bin, sshd_bin
 from fleetctl.sim.sshhosts import SshHosts, cleanup_stale, create_ssh_hosts, netns_available
 from tests.conftest import fallback, need, say
 
@@ -31,6 +32,7 @@ NAMES = ["web1", "web2", "web3"]
 
 @pytest.fixture(scope="module")
 def hosts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> SshHosts:
+    need(sshd_bin() is not None and ssh_bin() is not None, "the SSH tests need OpenSSH (sshd and ssh)")
     started = time.monotonic()
     hs = create_ssh_hosts(tmp_path_factory.mktemp("sshhosts"), NAMES)
     request.addfinalizer(hs.close)
