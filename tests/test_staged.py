@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,9 +163,16 @@ def test_kill_9_then_resume_updates_every_host_once(make_sim: Callable[..., Sim]
     proc.wait(timeout=10)
     doc = cli.json("status --json", env=sim.env)
     assert doc["run"]["status"] == "interrupted"  # running, but its holder is dead
-    time.sleep(3)  # let the orphaned ansible-playbook of the killed process finish or die
-    cli("resume --yes", env=sim.env)
+    cli("resume --yes", env=sim.env)  # at once: the dead process's Ansible is ended first
+    from fleetctl.sim.fleet import server_status
+
     assert set(sim.current().values()) == {"1.1.0"}
+    # Ansible's own per-host changes (the node's restart count), not the ledger that skips repeats;
+    # a node killed between its switch and its restart may show 0, the disk check covers it
+    restarted = {n: s["restarts"] for n, s in server_status(sim.dir).items()}
+    assert all(n <= 1 for n in restarted.values()), f"a host was updated twice: {restarted}"
+    versions = {h["host"]: h["version"] for h in cli.json("versions --json", env=sim.env)["hosts"]}
+    assert versions == sim.current()
     changes = cli.json("history --json", env=sim.env)["changes"]
     to_new = [c["host"] for c in changes if c["to"] == "1.1.0"]
     assert sorted(to_new) == sim.nodes, "every host changed to 1.1.0 exactly once"
