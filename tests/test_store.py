@@ -17,6 +17,7 @@ import pytest
 from fleetctl.errors import ExitCode, LockedError, StoreError
 from fleetctl.store import Store, schema
 from fleetctl.store.locks import STALE_AFTER
+from fleetctl.store.migrations import MIGRATIONS
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 HC = "host-controller"
@@ -86,7 +87,9 @@ def test_open_creates_file_0600_in_wal_mode_with_schema(store: Store, db: Path) 
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
     with sqlite3.connect(db) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchall() == [("1",)]
+        assert raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchall() == [
+            (str(len(MIGRATIONS)),)
+        ]
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert set(schema.metadata.tables) <= tables
 
@@ -116,7 +119,9 @@ def test_reopen_is_idempotent_and_keeps_data(url: str, db: Path, clock: Clock) -
         assert again.ledger.versions(HC) == {"h1": "1.0"}
         again.close()
     with sqlite3.connect(db) as raw:
-        assert raw.execute("SELECT key, value FROM meta").fetchall() == [("schema_version", "1")]
+        assert raw.execute("SELECT key, value FROM meta").fetchall() == [
+            ("schema_version", str(len(MIGRATIONS)))
+        ]
         assert raw.execute("SELECT count(*) FROM history").fetchone()[0] == 1
 
 
