@@ -153,3 +153,29 @@ def test_an_edited_and_resealed_plan_file_is_refused_and_changes_nothing(
     assert "bake is 0.0 in the plan, 1.0 now" in refused.stderr
     assert set(sim.current().values()) == {"1.0.0"}
     assert cli.json("runs --json", env=sim.env)["runs"] == []
+
+
+def test_aborting_a_paused_run_leaves_a_host_whose_from_version_is_not_plain(
+    make_sim: Callable[..., Sim], cli: Cli, tmp_path: Path
+) -> None:
+    """The engine's own revert (here: `abort` of a paused rollout) fails that host with the reason and
+    brings the others back; the text never reaches rollback.yml."""
+    sim = make_sim(nodes=3)
+    env, marker = _env(sim, tmp_path)
+    summary = cli.json_lines("rollout 1.1.0 --yes --json", env=env)[-1]
+    store = FleetContext(config_path=sim.config, env=env).store
+    store.runs.update(summary["run"], status="paused", status_reason="paused by test", finished_at=None)
+    with store.tx() as conn:
+        t = schema.run_hosts
+        conn.execute(t.update().where(t.c.host == NODE).values(from_version=EVIL))
+    cli(f"abort {summary['run']}", env=env, code=None)
+    current = sim.current()
+    assert current.pop(NODE) == "1.1.0" and set(current.values()) == {"1.0.0"}
+    hosts = {h.host: h for h in store.runs.hosts(summary["run"])}
+    assert hosts[NODE].state == "failed"
+    assert (hosts[NODE].error or "").startswith("not rolled back: its from-version ")
+    assert "is not a plain version" in (hosts[NODE].error or "")
+    run = store.runs.get(summary["run"])
+    assert run is not None and run.status == "failed" and NODE in (run.status_reason or "")
+    store.close()
+    _nothing_evaluated(sim, marker)
