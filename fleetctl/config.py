@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from fleetctl.errors import ConfigError
+from fleetctl.notify import NotifyTargets
 from fleetctl.units import CountOrPercent, parse_duration
 from fleetctl.windows import WindowsConfig
 
@@ -232,8 +233,13 @@ class ArtifactsConfig(_Model):
         return {"hc_require_checksum": self.require_checksum}
 
 
+class MetricsConfig(_Model):
+    textfile: Path | None = None  # node_exporter textfile, rewritten atomically (relative to fleet.yml)
+
+
 class FleetConfig(_Model):
     path: Path  # the fleet.yml this came from (set by the loader)
+    name: str | None = None  # the fleet's name in notifications and metrics; default: fleet.yml's directory
     inventory: list[Path]
     state: str | None = None  # SQLAlchemy URL or SQLite path; default fleetctl.db beside fleet.yml
     component: str = "host-controller"
@@ -249,6 +255,8 @@ class FleetConfig(_Model):
     artifacts: ArtifactsConfig = ArtifactsConfig()
     vault_password_file: Path | None = None  # Ansible Vault secrets for inventory and playbooks
     env: dict[str, str] = {}  # environment variables for every ansible-playbook run (e.g. HOME, ANSIBLE_*)
+    notify: NotifyTargets = []  # where events go (fleetctl.notify)
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("vars")
     @classmethod

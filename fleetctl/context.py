@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 
+from fleetctl import notify
 from fleetctl.config import FleetConfig, find_config, load_config
 from fleetctl.events import Event, EventSink, discard
 from fleetctl.executor import Executor, ExecutorSettings
@@ -69,7 +70,9 @@ class FleetContext:
         url = self.db_url or self.env.get("FLEETCTL_DB") or None
         if url and "://" not in url:  # a path typed at the shell is relative to where it was typed
             url = f"sqlite:///{os.path.abspath(url)}"  # not resolved: a symlink is refused
-        return Store.open(self.config.state_url(url), clock=self.clock)
+        store = Store.open(self.config.state_url(url), clock=self.clock)
+        notify.configure_store(store, self.config)  # the outbox fans events out to fleet.yml's targets
+        return store
 
     @property
     def component(self) -> str:
@@ -112,6 +115,7 @@ class FleetContext:
         """Tell the event sink. A sink that fails (a renderer choking on what a node answered) is logged
         and never stops the caller: rendering must not end a run before its rollback."""
         event = Event(event_kind, run_id, dict(data), self.now())
+        notify.record(self, event)  # the few engine events that go to the notification outbox
         try:
             self.events(event)
         except Exception as exc:  # noqa: BLE001 - the sink is outside the engine's concern

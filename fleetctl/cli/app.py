@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 
 from fleetctl import __version__
-from fleetctl.cli import demo, fleet_cmds, freeze, guard, quarantine, rollback, run_cmds, schedule, sim
+from fleetctl.cli import (
+    demo,
+    fleet_cmds,
+    freeze,
+    guard,
+    notify_cmds,
+    quarantine,
+    rollback,
+    run_cmds,
+    schedule,
+    serve,
+    sim,
+)
 from fleetctl.cli.errors import FleetGroup
 from fleetctl.cli.output import CliState
 from fleetctl.context import FleetContext
@@ -61,6 +73,7 @@ def root(
     if db and "://" not in db:
         db_url = f"sqlite:///{Path(db).resolve()}"
     ctx.obj = CliState(FleetContext(config_path=config, db_url=db_url, operator=operator), debug=debug)
+    notify_cmds.start_courier(ctx, ctx.obj.ctx)  # notifications and the metrics textfile, off the run's path
 
 
 fleet_cmds.register(app)
@@ -77,6 +90,9 @@ app.add_typer(schedule.app, name="schedule")
 app.add_typer(guard.app, name="guard")
 app.command("tick")(schedule.tick)
 app.command("audit")(freeze.audit)
+app.add_typer(notify_cmds.app, name="notify")
+app.command("metrics")(notify_cmds.metrics)
+app.command("serve")(serve.serve)
 
 
 def run() -> None:

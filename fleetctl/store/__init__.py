@@ -30,8 +30,10 @@ def utcnow() -> datetime:
 class Store:
     def __init__(self, engine: Engine, clock: Clock = utcnow, where: str | None = None) -> None:
         from fleetctl.store.controls import Audit, Freezes, Quarantine
+        from fleetctl.store.guards import Guards
         from fleetctl.store.ledger import Ledger
         from fleetctl.store.locks import Locks
+        from fleetctl.store.outbox import Outbox
         from fleetctl.store.queue import Queue
         from fleetctl.store.runs import Runs
 
@@ -45,6 +47,8 @@ class Store:
         self.quarantine = Quarantine(self)
         self.audit = Audit(self)
         self.queue = Queue(self)
+        self.guards = Guards(self)
+        self.outbox = Outbox(self)
 
     @classmethod
     def open(cls, url: str, clock: Clock = utcnow) -> Store:

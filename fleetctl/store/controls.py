@@ -216,6 +216,7 @@ class Audit:
                 details=details or {},
             )
         )
+        self.store.outbox.on_audit(conn, action, subject, reason, actor, details)
 
     def record(
         self,

@@ -41,7 +41,14 @@ def _v3_ansible_groups(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.ansible_groups])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2_guards, _v3_ansible_groups]
+def _v4_outbox(conn: Connection) -> None:
+    """The notification outbox (fleetctl.notify): one row per event and target."""
+    from fleetctl.store import outbox
+
+    schema.metadata.create_all(conn, tables=outbox.TABLES)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2_guards, _v3_ansible_groups, _v4_outbox]
 
 
 def current_version(conn: Connection) -> int:

@@ -189,6 +189,7 @@ class Runs:
         if values.get("status") in FINISHED and "finished_at" not in values:
             values["finished_at"] = self.store.now()
         with self.store.tx() as conn:
+            self.store.outbox.on_run(conn, run_id, values)  # a status change is a notification
             conn.execute(schema.runs.update().where(schema.runs.c.id == run_id).values(**values))
 
     def request(self, run_id: str, control: str | None) -> None:

@@ -1,0 +1,270 @@
+"""Issue 13.1: notifications. A real local HTTP receiver records webhook deliveries (HMAC checked); the
+faulty build on the simulated fleet produces run.started, run.halted, run.rolled_back (and the rollback
+and quarantine events) exactly once each, with the failed host and its error; receivers that refuse,
+answer 500 or hang leave the run's outcome unchanged and get the events later; two senders never send
+a row twice; a kill -9 and resume do not repeat an event; Apprise URLs through the `notify` extra."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import signal
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetctl import notify_send
+from fleetctl.context import FleetContext
+from tests.conftest import TWO_BATCHES, Cli, Sim, fleetctl_proc, host_states, need, run_status, wait_for
+
+SECRET = "s3cret-for-the-test"
+CANARY_CATCHES_2_0_0 = [
+    {"name": "canary", "hosts": "canary", "batch": 1, "bake": "6s", "max_failures": 0},
+    {"name": "rest", "hosts": "all", "batch": "100%", "bake": "0s"},
+]
+
+
+class Receiver:
+    """A real HTTP server on loopback that records what it is sent. mode: ok | 500 | hang."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if receiver.mode == "hang":
+                    receiver.release.wait(30)
+                    return
+                if receiver.mode == "500":
+                    self.send_response(500)
+                    self.end_headers()
+                    self.wfile.write(b"internal \x1b[31mtrouble\x1b[0m")
+                    return
+                receiver.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(204)
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for _h, body in self.got]
+
+    def names(self) -> Counter[str]:
+        return Counter(e["event"] for e in self.events())
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def notify_sim(make_sim: Callable[..., Sim], url: str, nodes: int = 3, **target: Any) -> Sim:
+    sim = make_sim(nodes=nodes, hang_after=2.0, stages=CANARY_CATCHES_2_0_0)
+    secret = sim.dir / "hook.secret"
+    secret.write_text(SECRET + "\n")
+    sim.write_config(
+        name="lab", notify=[{"webhook": url, "secret_file": str(secret), "timeout": "1s", **target}]
+    )
+    return sim
+
+
+def test_the_faulty_build_is_reported_once_each_with_the_failed_host(
+    make_sim: Callable[..., Sim], cli: Cli, receiver: Receiver
+) -> None:
+    sim = notify_sim(make_sim, receiver.url)
+    summary = cli.json_lines("rollout 2.0.0 --yes --json", env=sim.env, code=1)[-1]
+    assert summary["status"] == "rolled_back"
+    assert set(sim.current().values()) == {"1.0.0"}
+    wanted = [
+        "run.started",
+        "run.halted",
+        "rollback.started",
+        "quarantine.added",
+        "rollback.finished",
+        "run.rolled_back",
+    ]
+    assert receiver.names() == Counter(wanted)  # each exactly once, and nothing else
+    for headers, body in receiver.got:  # every body signed with the shared secret, over its exact bytes
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["x-fleetctl-signature"], expected)
+        assert headers["x-fleetctl-event"] == json.loads(body)["event"]
+    events = {e["event"]: e for e in receiver.events()}
+    rolled = events["run.rolled_back"]
+    assert rolled["fleet"] == "lab" and rolled["run"] == summary["run"] and rolled["kind"] == "rollout"
+    assert (
+        rolled["version"] == "2.0.0"
+        and rolled["status"] == "rolled_back"
+        and "stage canary" in rolled["reason"]
+    )
+    assert rolled["operator"] == "tester" and rolled["see"] == f"fleetctl status {summary['run']}"
+    assert [h["host"] for h in rolled["failed"]] == ["node-001"] and "no answer" in rolled["failed"][0][
+        "error"
+    ]
+    assert rolled["counts"] == {"rolled_back": 1, "skipped": 2}
+    assert events["quarantine.added"]["version"] == "2.0.0"
+    (Path(sim.dir) / "payload-run.rolled_back.json").write_text(json.dumps(rolled, indent=2))
+
+    cli("notify flush", env=sim.env)  # a later command sends nothing twice
+    cli("status", env=sim.env)
+    assert len(receiver.got) == len(wanted)
+    outbox = cli.json("notify list --json", env=sim.env)
+    assert {r["status"] for r in outbox["outbox"]} == {"delivered"} and outbox["stats"]["delivered"] == len(
+        wanted
+    )
+
+
+@pytest.mark.parametrize("dead", ["refused", "500", "hang"])
+def test_a_dead_receiver_changes_nothing_in_the_run_and_gets_the_events_later(
+    make_sim: Callable[..., Sim], cli: Cli, receiver: Receiver, dead: str
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/hook" if dead == "refused" else receiver.url
+    receiver.mode = dead
+    sim = notify_sim(make_sim, url)
+    summary = cli.json_lines("rollout 2.0.0 --yes --json", env=sim.env, code=1)[-1]
+    assert summary["status"] == "rolled_back"  # the same outcome as with a live receiver
+    assert set(sim.current().values()) == {"1.0.0"}
+    assert [q["version"] for q in cli.json("quarantine list --json", env=sim.env)["quarantine"]] == ["2.0.0"]
+    rows = cli.json("notify list --json", env=sim.env)["outbox"]
+    assert rows and all(r["status"] == "pending" and r["attempts"] <= 1 for r in rows)
+    error = {"refused": "cannot reach", "500": "HTTP 500: internal", "hang": "no answer within"}[dead]
+    tried = [r for r in rows if r["attempts"]]
+    assert tried and all(error in r["last_error"] for r in tried)
+    assert all("\x1b" not in (r["last_error"] or "") for r in rows)  # a receiver's answer is untrusted
+
+    if dead == "refused":  # the receiver comes back where the target points
+        sim.write_config(
+            notify=[
+                {"webhook": receiver.url, "secret_file": str(sim.dir / "hook.secret"), "name": "webhook-1"}
+            ]
+        )
+    receiver.mode = "ok"
+    cli("notify flush", env=sim.env)
+    assert receiver.names() == Counter(r["event"] for r in rows)
+    assert receiver.names()["run.rolled_back"] == 1
+    cli("notify flush", env=sim.env)
+    assert all(n == 1 for n in receiver.names().values())
+
+
+def test_two_senders_deliver_each_row_once(
+    make_sim: Callable[..., Sim], cli: Cli, receiver: Receiver
+) -> None:
+    sim = notify_sim(make_sim, receiver.url, events=["freeze.*", "quarantine.*"])
+    for i in range(6):
+        cli(["freeze", "on", "--reason", f"test {i}"], env=sim.env)
+        cli(["freeze", "off", "--reason", f"done {i}"], env=sim.env)
+    assert receiver.names() == Counter({"freeze.on": 6, "freeze.off": 6})  # each command sent its own
+    receiver.got.clear()
+    ctx = FleetContext(config_path=sim.config, env={"FLEETCTL_OPERATOR": "tester"})
+    with ctx.store.tx() as conn:  # twenty more events queued at once, then two processes' worth of senders
+        for i in range(20):
+            ctx.store.audit.write(conn, "quarantine.add", f"9.{i}.0", "test", "tester", {})
+    ctxs = [FleetContext(config_path=sim.config) for _ in range(2)]
+    threads = [threading.Thread(target=notify_send.deliver_due, args=(c, 30.0)) for c in ctxs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(e["version"] for e in receiver.events()) == sorted(f"9.{i}.0" for i in range(20))
+
+
+def test_kill_9_and_resume_repeat_no_event(
+    make_sim: Callable[..., Sim], cli: Cli, receiver: Receiver
+) -> None:
+    sim = notify_sim(make_sim, receiver.url, events=["run.*"])
+    sim.write_config(rollout={**_policy(sim), "stages": [{**TWO_BATCHES[0], "bake": "20s"}, TWO_BATCHES[1]]})
+    proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
+    wait_for(lambda: host_states(run_status(sim)).get("node-001") == "verifying", what="canary bake")
+    wait_for(
+        lambda: receiver.names()["run.started"] == 1, what="run.started delivered by the running process"
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    cli("resume --yes", env=sim.env)
+    assert set(sim.current().values()) == {"1.1.0"}
+    assert receiver.names() == Counter({"run.started": 1, "run.succeeded": 1})
+
+
+def _policy(sim: Sim) -> dict[str, Any]:
+    import yaml
+
+    return dict(yaml.safe_load(sim.config.read_text())["rollout"])
+
+
+def test_notify_test_reports_each_target(make_sim: Callable[..., Sim], cli: Cli, receiver: Receiver) -> None:
+    sim = make_sim(nodes=3)
+    dead = f"http://user:pw@127.0.0.1:{free_port()}/hook?token=abc"
+    sim.write_config(notify=[{"webhook": receiver.url, "name": "ops"}, {"webhook": dead}])
+    result = cli("notify test", env=sim.env, code=1)
+    assert "ops (webhook http://127.0.0.1:" in result.stdout and "delivered" in result.stdout
+    assert "webhook-2" in result.stdout and "FAILED: cannot reach" in result.stdout
+    assert "pw" not in result.stdout and "token" not in result.stdout  # a URL's secrets are never shown
+    assert receiver.events()[0]["event"] == "notify.test"
+    cli("notify test ops", env=sim.env)
+    assert cli("notify test nope", env=sim.env, code=2).stderr.startswith(
+        "fleetctl: error: no notification target"
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ({"webhook": "ftp://x/y"}, "notify.0: webhook: must be an http"),
+        ({"webhook": "http://x/y", "events": ["run.halt"]}, "'run.halt' matches no event"),
+        ({"webhook": "http://x/y", "apprise": "json://x"}, "exactly one of webhook"),
+        ({"apprise": "json://x", "secret_env": "K"}, "Apprise URLs carry their own keys"),
+    ],
+)
+def test_bad_targets_are_refused_naming_the_field(
+    make_sim: Callable[..., Sim], cli: Cli, target: dict, message: str
+) -> None:
+    sim = make_sim(nodes=3)
+    sim.write_config(notify=[target])
+    assert message in cli("notify list", env=sim.env, code=2).stderr
+
+
+def test_apprise_targets_deliver_through_the_extra(
+    make_sim: Callable[..., Sim], cli: Cli, receiver: Receiver
+) -> None:
+    try:
+        import apprise  # noqa: F401
+    except ImportError:
+        need(False, "Apprise (pip install 'fleetctl[notify]')")
+    sim = make_sim(nodes=3)
+    sim.write_config(
+        name="lab", notify=[{"apprise": f"json://127.0.0.1:{receiver.port}/hook", "events": ["freeze.*"]}]
+    )
+    cli(["freeze", "on", "--reason", "INC-7 [urgent]"], env=sim.env)
+    (got,) = receiver.events()
+    assert got["title"].startswith("[lab] freeze.on") and "reason: INC-7 [urgent]" in got["message"]
+    assert cli.json("notify list --json", env=sim.env)["outbox"][0]["status"] == "delivered"
