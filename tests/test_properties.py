@@ -388,7 +388,8 @@ def offline(tmp_path: Path) -> dict[str, str]:
     return {"FLEETCTL_CONFIG": str(tmp_path / "fleet.yml"), "FLEETCTL_OPERATOR": "prop"}
 
 
-def refused(cli: Cli, env: dict[str, str], argv: list[str]) -> None:
+def refused(cli: Cli, env: dict[str, str], argv: list[str], journal: bool = True) -> None:
+    """Exit 0, or exit 2 with one error line (and its hint), and (`journal`) the journal file untouched."""
     db = Path(env["FLEETCTL_CONFIG"]).parent / "fleetctl.db"
     before = db.read_bytes() if db.exists() else None
     result = cli(argv, env=env, code=None)
@@ -398,7 +399,8 @@ def refused(cli: Cli, env: dict[str, str], argv: list[str]) -> None:
     lines = [line for line in result.stderr.split("\n") if line.strip()]
     assert lines and lines[0].startswith("fleetctl: error:"), result.stderr
     assert len(lines) <= 2 and all("Traceback" not in line for line in lines), result.stderr
-    assert (db.read_bytes() if db.exists() else None) == before, f"{argv} wrote the journal"
+    if journal:
+        assert (db.read_bytes() if db.exists() else None) == before, f"{argv} wrote the journal"
 
 
 @SLOW
@@ -456,3 +458,47 @@ def test_cli_freeze_until_the_edge_of_the_calendar_is_a_usage_error(
     refused(cli, offline, ["freeze", "on", "--reason", "prop", "--until", "0001-01-01T00:00:00+01:00"])
     result = cli(["freeze", "status", "--at", "9999-12-31T23:59:59-01:00"], env=offline, code=None)
     assert result.exit_code == 2, result.stderr
+
+
+@SLOW
+@given(pattern=st.one_of(TEXT, st.sampled_from(["nohost", "~(", "all:&nothing", "canary:!canary"])))
+def test_cli_plan_with_a_bad_host_pattern_exits_2_writing_nothing(
+    cli: Cli, offline: dict[str, str], pattern: str
+) -> None:
+    assume(pattern and not pattern.startswith("-"))
+    refused(cli, offline, ["plan", "1.1.0", "-l", pattern, "--json"], journal=False)  # see below
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="`plan 1.1.0 -l nohost` and `rollout 1.1.0 -l nohost --yes` exit 2 but create the journal "
+    "(fleetctl.db) first: the store is opened before the host pattern is checked",
+)
+@pytest.mark.parametrize(
+    "argv", [["plan", "1.1.0", "-l", "nohost"], ["rollout", "1.1.0", "-l", "nohost", "--yes"]]
+)
+def test_cli_bad_host_pattern_creates_no_journal(cli: Cli, offline: dict[str, str], argv: list[str]) -> None:
+    refused(cli, offline, argv)
+
+
+@SLOW
+@given(path=st.sampled_from(FIELDS), value=JSONISH)
+def test_cli_with_a_bad_fleet_yml_exits_2_writing_nothing(
+    cli: Cli, offline: dict[str, str], path: tuple[Any, ...], value: Any
+) -> None:
+    config = Path(offline["FLEETCTL_CONFIG"])
+    config.write_text(yaml.safe_dump(with_field(BASE_CONFIG, path, value), allow_unicode=True))
+    try:
+        refused(cli, offline, ["plan", "1.1.0", "--json"])
+    finally:
+        config.write_text(yaml.safe_dump(BASE_CONFIG))
+
+
+@SLOW
+@given(doc=st.one_of(JSONISH, st.sampled_from(["{", "", "null", "[]"]).map(lambda t: ("raw", t))))
+def test_cli_rollout_of_a_bad_plan_file_exits_2_writing_nothing(
+    cli: Cli, offline: dict[str, str], doc: Any
+) -> None:
+    plan = Path(offline["FLEETCTL_CONFIG"]).parent / "plan.json"
+    plan.write_text(doc[1] if isinstance(doc, tuple) else json.dumps(doc))
+    refused(cli, offline, ["rollout", "--plan", str(plan), "--yes"])
