@@ -125,7 +125,9 @@ def controls(doc: dict[str, Any]) -> str:
         out.append("<p>no freeze in force</p>")
     if f.get("next_change"):
         out.append(f"<p>freeze state changes at {_when(f['next_change'])}</p>")
-    if w["open"]:
+    if w["open"] and not w.get("window"):
+        out.append("<p>no maintenance windows in fleet.yml: unattended runs may start any time</p>")
+    elif w["open"]:
         out.append(
             f"<p>maintenance window {e(w.get('window') or '')} open until {_when(w.get('closes_at'))}</p>"
         )
