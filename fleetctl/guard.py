@@ -6,7 +6,8 @@ probes for `guard.duration`: `fleetctl tick` (or `fleetctl guard watch`) runs on
 `guard.interval`. A host failing `failures_to_fail` consecutive rounds has failed; more failed hosts than
 `max_failures` trip the guard. `on_trip: rollback` quarantines the version with the evidence and rolls the
 run back fleet-wide through the one-command rollback (preempting whatever runs, allowed during freezes);
-`on_trip: alert` freezes the fleet instead. Every step is journaled and audited, and is an event.
+`on_trip: alert` freezes the fleet instead. A guard goes active -> tripped -> rolled_back (the trip's
+rollback ended), or ends expired, stopped (by hand) or released (a newer run moved every host). Every step is journaled and audited, and is an event.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from fleetctl.context import FleetContext
 from fleetctl.errors import FleetError, LockedError, UsageError
 from fleetctl.store.guards import ACTIVE, Guard, GuardHost
-from fleetctl.store.runs import RunRecord
+from fleetctl.store.runs import FINISHED, RunRecord
 
 if TYPE_CHECKING:
     from fleetctl.engine import Engine
@@ -270,30 +271,24 @@ def _finish_trip(
         if guard.rollback_run_id:
             run = ctx.store.runs.get(guard.rollback_run_id)
             if run is not None and control.resumable(ctx, run):
-                result = control.resume(ctx, run.id, checkpoints=[], engine_ready=engine_ready)
+                run = control.resume(ctx, run.id, checkpoints=[], engine_ready=engine_ready)
                 if outcome:
-                    outcome.rollback_run = result.id
+                    outcome.rollback_run = run.id
+            if run is None or run.status in FINISHED:
+                ctx.store.guards.rolled_back(guard.run_id)
             return
         guarded = [h.host for h in ctx.store.guards.hosts(guard.run_id) if h.state != "released"]
-        sink = ctx.events
-
-        def events(event: Any) -> None:  # link the rollback to the guard as soon as its run exists
-            if event.kind == "run.started" and event.run_id and event.data.get("kind") == "rollback":
-                ctx.store.guards.set_rollback(guard.run_id, event.run_id)
-            sink(event)
-
-        ctx.events = events
-        try:
-            run = rollbacks.start(
-                ctx,
-                _only(ctx, guard.run_id, guarded),
-                reason=f"guard tripped on run {guard.run_id}",
-                engine_ready=engine_ready,
-            )
-        finally:
-            ctx.events = sink
+        run = rollbacks.start(
+            ctx,
+            _only(ctx, guard.run_id, guarded),
+            reason=f"guard tripped on run {guard.run_id}",
+            engine_ready=engine_ready,
+            on_open=lambda opened: ctx.store.guards.set_rollback(guard.run_id, opened.id),
+        )
         if outcome:
             outcome.rollback_run = run.id if run else None
+        if run is None or run.status in FINISHED:  # else interrupted: the next tick resumes it
+            ctx.store.guards.rolled_back(guard.run_id)
     except (LockedError, FleetError) as exc:
         if outcome:
             outcome.error = exc.message
@@ -306,7 +301,10 @@ def _only(ctx: FleetContext, run_id: str, hosts: list[str]) -> Callable[[], Any]
 
     every = {h.host for h in ctx.store.runs.hosts(run_id)}
     limit = None if every <= set(hosts) else ",".join(sorted(hosts))
-    return lambda: rollbacks.prepare(ctx, run_id, limit=limit)
+    # Each host goes back to the version it ran before this run, which may be newer (the run was a
+    # downgrade): that is a return, not a rollout in disguise, so forward moves are allowed (audited).
+    reason = f"guard tripped on run {run_id}: back to each host's version before it"
+    return lambda: rollbacks.prepare(ctx, run_id, limit=limit, allow_forward=True, reason=reason)
 
 
 # -- the service loop ----------------------------------------------------------------------------------

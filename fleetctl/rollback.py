@@ -33,6 +33,7 @@ from fleetctl.errors import FrozenError, LockedError, QuarantinedError, UsageErr
 from fleetctl.plan import Plan, revert_plan
 from fleetctl.rollout import refuse_quarantined, valid_version
 from fleetctl.store.runs import RunRecord
+from fleetctl.units import is_plain_version
 
 TOUCHED = ("updating", "verifying", "done", "failed", "rolling_back", "rolled_back")
 PREEMPT_WAIT = 120.0
@@ -214,7 +215,7 @@ def prepare(
         reverts = run.id
         changed = [h for h in ctx.store.runs.hosts(run.id) if h.state in TOUCHED]
         targets = {h.host: h.from_version for h in changed if h.from_version and h.host in ctx.fleet.hosts}
-        unknown = sorted(h.host for h in changed if not h.from_version)
+        unknown = sorted(h.host for h in changed if not is_plain_version(h.from_version))
     if selected is not None:
         targets = {h: v for h, v in targets.items() if h in selected}
     versions = ctx.store.ledger.versions(ctx.component)
@@ -271,8 +272,10 @@ def start(
     *,
     reason: str | None = None,
     engine_ready: Callable[[Engine], None] | None = None,
+    on_open: Callable[[RunRecord], None] | None = None,
 ) -> RunRecord | None:
-    """Preempt, lock, (re)compute the plan under the lock, and run it. None: nothing to do."""
+    """Preempt, lock, (re)compute the plan under the lock, and run it. None: nothing to do.
+    `on_open` is called with the journaled run before any host is touched (e.g. to link it to a guard)."""
     from fleetctl.policy import audit_if_frozen, covering
 
     store = ctx.store
@@ -288,6 +291,8 @@ def start(
             "moves": {m.host: {"direction": m.direction, "why": m.why} for m in rb.hosts},
         }
         run = open_run(ctx, plan, token, reason=reason, options=options, reverts=rb.reverts)
+        if on_open:
+            on_open(run)
         if rb.forward:
             forward = [m.host for m in rb.forward]
             store.audit.record(

@@ -63,7 +63,7 @@ def test_a_build_failing_after_its_last_bake_is_rolled_back_by_the_guard(make_si
     assert set(sim.current().values()) == {"1.0.0"}  # the ground truth: every node is back
 
     status = cli.json(f"guard status {summary['run']} --json", env=sim.env)
-    assert status["guard"]["status"] == "tripped"
+    assert status["guard"]["status"] == "rolled_back"
     assert status["guard"]["rollback_run"] == two["rollback_run"]
     assert "failed after rollout" in status["guard"]["end_reason"]
     assert {h["host"] for h in status["failing"]} == set(sim.nodes)
@@ -173,3 +173,21 @@ def test_kill_9_during_the_guards_rollback_then_tick_finishes_it(make_sim, cli: 
     guard = cli.json("guard status --json", env=sim.env)["guard"]
     rollback = cli.json(f"status {guard['rollback_run']} --json", env=sim.env)["run"]
     assert rollback["status"] == "succeeded"
+    assert guard["status"] == "rolled_back"
+
+
+def test_the_guard_undoes_a_downgrade_too(make_sim, cli: Cli) -> None:
+    """Undoing a downgrade moves hosts to a newer version they ran before: a return, not a rollout in
+    disguise, so the guard's rollback is not refused as a forward move."""
+    sim = guarded_sim(make_sim, nodes=3)
+    for node in sim.nodes:
+        sim.set_current(node, "1.2.0")
+    cli("versions --refresh", env=sim.env)
+    cli("rollout 1.1.0 --yes", env=sim.env)
+    assert set(sim.current().values()) == {"1.1.0"}
+    break_node(sim, sim.nodes[0])
+    tick(cli, sim)
+    out = next_round(cli, sim, code=1)["guards"][0]
+    assert out["tripped"] and out["rollback_run"] and out["error"] is None
+    assert set(sim.current().values()) == {"1.2.0"}
+    assert cli.json("guard status --json", env=sim.env)["guard"]["status"] == "rolled_back"

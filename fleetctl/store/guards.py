@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from fleetctl.store import Store
 
 ACTIVE = "active"
-ENDED = ("tripped", "expired", "stopped", "released")
+ENDED = ("tripped", "rolled_back", "expired", "stopped", "released")
 
 guards = Table(
     "guards",
@@ -28,7 +28,8 @@ guards = Table(
     Column("run_id", String(64), primary_key=True),
     Column("component", String(64), nullable=False),
     Column("version", String(128), nullable=False),
-    Column("status", String(16), nullable=False, index=True),  # active tripped expired stopped released
+    # active tripped rolled_back expired stopped released
+    Column("status", String(16), nullable=False, index=True),
     Column("on_trip", String(16), nullable=False),  # rollback | alert
     Column("interval", Float, nullable=False),
     Column("failures_to_fail", Integer, nullable=False),
@@ -232,6 +233,15 @@ class Guards:
             if done and audit:
                 self.store.audit.write(conn, audit[0], run_id, reason, by, audit[1])
         return bool(done)
+
+    def rolled_back(self, run_id: str) -> None:
+        """The trip's rollback has ended (or had nothing to do): the guard is settled."""
+        with self.store.tx() as conn:
+            conn.execute(
+                guards.update()
+                .where(guards.c.run_id == run_id, guards.c.status == "tripped")
+                .values(status="rolled_back")
+            )
 
     def set_rollback(self, run_id: str, rollback_run_id: str) -> None:
         with self.store.tx() as conn:
