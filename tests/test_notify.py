@@ -268,3 +268,68 @@ def test_apprise_targets_deliver_through_the_extra(
     (got,) = receiver.events()
     assert got["title"].startswith("[lab] freeze.on") and "reason: INC-7 [urgent]" in got["message"]
     assert cli.json("notify list --json", env=sim.env)["outbox"][0]["status"] == "delivered"
+
+
+def lifecycle_store(tmp_path: Path, kind: str = "rollout") -> tuple[Any, str]:
+    from fleetctl.store import Store
+    from fleetctl.store.outbox import Route
+
+    store = Store.open(f"sqlite:///{tmp_path / 'journal.db'}")
+    store.outbox.configure([Route("all"), Route("pauses", ("run.paused",))], "lab")
+    run = store.runs.create(
+        kind=kind,
+        component="host-controller",
+        target="2.0.0",
+        operator="tester",
+        reason=None,
+        plan=None,
+        fingerprint=None,
+        options={},
+        hosts=[("a", "canary", 1, "1.0.0", "2.0.0"), ("b", "rest", 1, "1.0.0", "2.0.0")],
+    )
+    return store, run.id
+
+
+def test_a_runs_status_changes_become_events_once_in_the_same_transaction(tmp_path: Path) -> None:
+    store, run = lifecycle_store(tmp_path)
+    update = store.runs.update
+    update(run, status="running", status_reason=None)  # the engine starting: run.started
+    update(run, status="running", status_reason=None)  # a resume after kill -9 says it again: nothing new
+    update(run, stage="canary", batch=1)  # not a status change
+    update(run, status="paused", status_reason="frozen: manual #1: INC-9")
+    update(run, status="running", status_reason=None)
+    update(run, status="paused", status_reason="window closed (maintenance nightly past its cutoff)")
+    store.runs.set_host(run, "a", state="failed", error="health gate: no answer within 1s")
+    update(run, status="halted", status_reason="stage canary: 1 failed host(s), budget 0")
+    store.runs.set_hosts(run, ["a"], "rolled_back")
+    update(run, status="rolled_back", status_reason="stage canary: 1 failed host(s), budget 0")
+    update(run, status="rolled_back")  # said twice: still once
+    rows = sorted(store.outbox.list(limit=100), key=lambda r: r.id)
+    events = [(r.event, r.target) for r in rows]
+    assert events == [
+        ("run.started", "all"),
+        ("run.paused", "all"),
+        ("run.paused", "pauses"),
+        ("run.resumed", "all"),
+        ("run.paused", "all"),
+        ("run.paused", "pauses"),
+        ("run.halted", "all"),
+        ("run.rolled_back", "all"),
+        ("rollback.finished", "all"),
+    ]
+    pauses = [r.payload["pause"] for r in rows if r.event == "run.paused" and r.target == "all"]
+    assert pauses == ["frozen", "window closed"]
+    last = rows[-2].payload
+    assert last["failed"] == [
+        {"host": "a", "state": "rolled_back", "error": "health gate: no answer within 1s"}
+    ]
+    assert last["counts"] == {"rolled_back": 1, "pending": 1} and last["fleet"] == "lab"
+
+
+def test_a_notification_that_cannot_be_queued_never_undoes_the_change(tmp_path: Path) -> None:
+    store, run = lifecycle_store(tmp_path, kind="rollback")
+    with store.tx() as conn:
+        conn.exec_driver_sql("DROP TABLE outbox")  # the outbox is broken ...
+    store.runs.update(run, status="running", status_reason=None)
+    store.runs.update(run, status="succeeded")
+    assert store.runs.get(run).status == "succeeded"  # ... and the journal still records the run
