@@ -66,11 +66,12 @@ class Tally:
     orphans: int = 0  # Ansible processes of a killed fleetctl still alive after the recovery command ended
     unhandled: int = 0  # a fault not named in status, a wrong exit code, a wrong final status
     notes: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)  # what each fault and control did (results.jsonl)
 
     def add(self, other: Tally) -> None:
         for name, value in asdict(other).items():
-            if name == "notes":
-                self.notes.extend(other.notes)
+            if name in ("notes", "details"):
+                getattr(self, name).extend(getattr(other, name))
             else:
                 setattr(self, name, getattr(self, name) + value)
 
@@ -460,6 +461,7 @@ def concurrency_trial(nodes: int, control: str) -> Tally:
                 t.note(
                     "unhandled", f"{what}: rollout exited {done.code} with status {status}, expected {want}"
                 )
+            t.details.append(one_line(f"{control} mid-batch: rollout exit {done.code}, status {status}", 240))
             if control == "freeze":
                 fleet.run("freeze", "off", "--reason", "campaign: lifted")
             if control in ("pause", "freeze") and status != "succeeded":
@@ -603,6 +605,10 @@ def fault_trial(fault: str, nodes: int, seed: int) -> Tally:
         named = host is not None and host["state"] in ("failed", "rolled_back") and bool(host["error"])
         if fault in MAY_PASS and host is not None and host["state"] == "done":
             named = True
+        t.details.append(
+            one_line(f"{fault}: rollout exit {done.code}, run {doc.get('run', {}).get('status')}, {victim} "
+                     f"{host and host['state']}: {host and host['error']}", 240)
+        )  # fmt: skip
         if not named:
             t.note("unhandled", f"{what}: {victim} not named with an error in status: {host}")
         elif host and host["error"] and (TRACEBACK in host["error"] or "\n" in host["error"].strip()):
@@ -670,6 +676,7 @@ def record(t: Tally, args: argparse.Namespace, seconds: float) -> None:
         **{c: getattr(t, c) for c in COLUMNS},
         "seconds": round(seconds, 1),
         "notes": t.notes[:50],
+        "details": t.details[:50],
     }
     with (HERE / "results.jsonl").open("a") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -688,7 +695,7 @@ def main() -> int:
     if args.quick:
         trials = 4 if args.trials is None else args.trials
         concurrency: tuple[str, ...] = ("lock",)
-        faults: tuple[str, ...] = ("update-fails", "probe-over", "garbage")
+        faults: tuple[str, ...] = ("update-fails", "hang", "probe-over", "garbage")
     else:
         trials = 24 if args.trials is None else args.trials
         concurrency, faults = ("lock", "pause", "freeze", "abort"), FAULTS
