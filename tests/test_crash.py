@@ -182,3 +182,25 @@ def test_resume_records_what_it_asks_a_node_as_observed(make_sim: Callable[..., 
     first = min(changes, key=lambda c: c["at"])
     assert first["from"] is None and first["source"] == "observed" and first["run"] is None, changes
     assert all(c["source"] == "fleetctl" for c in changes if c["run"] is not None), changes
+
+
+def test_an_old_journal_gains_the_ansible_groups_table_on_open(tmp_path: Any) -> None:
+    import sqlite3
+
+    from sqlalchemy import create_engine
+
+    from fleetctl.store import migrations, schema
+
+    db = tmp_path / "old.db"
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:  # a journal as the first release wrote it: schema version 1
+        migrations.MIGRATIONS[0](conn)
+        conn.execute(schema.meta.insert().values(key="schema_version", value="1"))
+    engine.dispose()
+    store = Store.open(f"sqlite:///{db}")
+    group = AnsibleGroup.new("update.yml", ["h1"], "run-1")
+    store.locks.groups.add(group)
+    assert [g.marker for g in store.locks.groups.all()] == [group.marker]
+    with sqlite3.connect(db) as raw:
+        version = raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+    assert version == str(len(migrations.MIGRATIONS))
