@@ -127,16 +127,18 @@ class FlushReport:
         }
 
 
-def deliver_due(ctx: FleetContext, budget: float, stop: threading.Event | None = None) -> FlushReport:
-    """Send every due outbox row within `budget` seconds. A target that fails is skipped for the rest
-    of this pass (its other rows wait for their next attempt)."""
+def deliver_due(
+    ctx: FleetContext, budget: float, stop: threading.Event | None = None, skip: set[str] | None = None
+) -> FlushReport:
+    """Send every due outbox row within `budget` seconds, except to the targets in `skip`. A target
+    that fails is skipped for the rest of this pass (its other rows wait for their next attempt)."""
     report = FlushReport()
     targets = dict(notify.named(ctx.config.notify))
     if not targets:
         return report
     outbox = ctx.store.outbox
     deadline = time.monotonic() + budget
-    broken: set[str] = set()
+    broken: set[str] = set(skip or ())
     while time.monotonic() < deadline and not (stop and stop.is_set()):
         rows = [r for r in outbox.due(ctx.now(), sorted(set(targets) - broken)) if r.target not in broken]
         if not rows:
@@ -168,8 +170,10 @@ def _attempt(
         report.errors.append((row.target, row.event, str(exc)))
         return False
     except Exception as exc:  # noqa: BLE001 - e.g. a plugin's own bug inside Apprise
-        outbox.failed(row.id, f"{type(exc).__name__}: {_excerpt(str(exc))}", backoff(row.failures + 1))
+        error = f"{type(exc).__name__}: {_excerpt(str(exc))}"
+        outbox.failed(row.id, error, backoff(row.failures + 1))
         report.failed += 1
+        report.errors.append((row.target, row.event, error))
         return False
     outbox.delivered(row.id)
     report.delivered += 1
@@ -216,8 +220,10 @@ def test_targets(ctx: FleetContext, name: str | None = None) -> list[tuple[str, 
 
 class Courier:
     """A daemon thread that delivers the outbox (and rewrites the metrics textfile) while a command
-    runs. It starts doing anything only once the command opened the journal; `close` gives the last
-    deliveries a short budget and never waits longer."""
+    runs. It starts doing anything only once the command opened the journal. A target that fails rests
+    for BACKOFF_FIRST s in this process (its events wait in the outbox). `close` waits for an attempt
+    in flight (so a slow but live receiver is not sent the event twice), then gives the last events a
+    short pass; never longer than its budget."""
 
     def __init__(self, ctx: FleetContext, on_tick: Any = None, interval: float = 1.0) -> None:
         self.ctx = ctx
@@ -225,6 +231,7 @@ class Courier:
         self.interval = interval
         self._stop = threading.Event()
         self._cancelled = False
+        self._resting: dict[str, float] = {}  # target -> monotonic time: failed here, left to later
         self._thread = threading.Thread(target=self._loop, name="fleetctl-notify", daemon=True)
 
     def start(self) -> Courier:
@@ -260,7 +267,11 @@ class Courier:
     def _pass(self, budget: float, final: bool = False) -> None:
         try:
             if self.ctx.config.notify:
-                deliver_due(self.ctx, budget, None if final else self._stop)
+                now = time.monotonic()
+                skip = {t for t, until in self._resting.items() if until > now}
+                report = deliver_due(self.ctx, budget, None if final else self._stop, skip)
+                for target, _event, _error in report.errors:  # a dead target costs a command one attempt
+                    self._resting[target] = time.monotonic() + BACKOFF_FIRST
             if self.on_tick:
                 self.on_tick(self.ctx, final)
         except Exception as exc:  # noqa: BLE001 - delivery must never end the command
