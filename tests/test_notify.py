@@ -333,3 +333,36 @@ def test_a_notification_that_cannot_be_queued_never_undoes_the_change(tmp_path: 
     store.runs.update(run, status="running", status_reason=None)
     store.runs.update(run, status="succeeded")
     assert store.runs.get(run).status == "succeeded"  # ... and the journal still records the run
+
+
+def test_the_guard_reports_each_failing_host_once_and_its_trip(
+    make_sim: Callable[..., Sim], cli: Cli, receiver: Receiver
+) -> None:
+    import time
+
+    sim = make_sim(nodes=3, hang_after=3600, stages=TWO_BATCHES)  # 2.0.0 passes its bakes, blocks under load
+    sim.write_config(
+        guard={"duration": "1h", "interval": "1s", "failures_to_fail": 2, "max_failures": 0},
+        notify=[{"webhook": receiver.url, "events": ["guard.*", "rollback.*", "run.rolled_back"]}],
+    )
+    cli("rollout 2.0.0 --yes", env=sim.env)
+    cli(f"sim load --dir {sim.dir}", env=sim.env)
+    for _ in range(6):  # failing rounds, then a failed one that trips (exit 1) and rolls back
+        time.sleep(1.05)
+        if cli("tick", env=sim.env, code=None).exit_code == 1:
+            break
+    cli("tick", env=sim.env)  # later ticks repeat nothing
+    assert set(sim.current().values()) == {"1.0.0"}
+    names = receiver.names()
+    assert names == Counter(
+        {"guard.host_failed": 3, "guard.tripped": 1, "rollback.started": 1, "rollback.finished": 1}
+    )
+    events = receiver.events()
+    assert sorted(e["host"] for e in events if e["event"] == "guard.host_failed") == sim.nodes
+    trip = next(e for e in events if e["event"] == "guard.tripped")
+    assert trip["version"] == "2.0.0" and trip["failed_total"] == 3 and trip["see"] == "fleetctl guard status"
+    assert all("no answer" in h["error"] for h in trip["failed"])
+    done = next(e for e in events if e["event"] == "rollback.finished")
+    assert (
+        done["kind"] == "rollback" and done["status"] == "succeeded" and done["counts"] == {"rolled_back": 3}
+    )
