@@ -100,7 +100,7 @@ def notify_sim(make_sim: Callable[..., Sim], url: str, nodes: int = 3, **target:
 
 
 def test_the_faulty_build_is_reported_once_each_with_the_failed_host(
-    make_sim: Callable[..., Sim], cli: Cli, receiver: Receiver
+    make_sim: Callable[..., Sim], cli: Cli, receiver: Receiver, tmp_path: Path
 ) -> None:
     sim = notify_sim(make_sim, receiver.url)
     summary = cli.json_lines("rollout 2.0.0 --yes --json", env=sim.env, code=1)[-1]
@@ -133,7 +133,7 @@ def test_the_faulty_build_is_reported_once_each_with_the_failed_host(
     ]
     assert rolled["counts"] == {"rolled_back": 1, "skipped": 2}
     assert events["quarantine.added"]["version"] == "2.0.0"
-    (Path(sim.dir) / "payload-run.rolled_back.json").write_text(json.dumps(rolled, indent=2))
+    (tmp_path / "payload-run.rolled_back.json").write_text(json.dumps(rolled, indent=2))
 
     cli("notify flush", env=sim.env)  # a later command sends nothing twice
     cli("status", env=sim.env)
