@@ -144,8 +144,9 @@ def reap(
 # -- the launcher ------------------------------------------------------------------------------------
 def launcher_command(command: Sequence[str]) -> list[str]:
     """`command` run under the launcher, which dies (with its whole group) when this process dies."""
-    code = "from fleetctl.orphans import launch; launch()"
-    return [sys.executable, "-c", code, str(os.getpid()), "--", *command]
+    # This file run as a script, isolated (-I: no script dir on sys.path, no PYTHON* variables): it
+    # needs nothing but the standard library, so it works whether fleetctl is installed or not.
+    return [sys.executable, "-I", os.path.abspath(__file__), str(os.getpid()), "--", *command]
 
 
 def launch(argv: Sequence[str] | None = None) -> None:
@@ -265,3 +266,7 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+if __name__ == "__main__":
+    launch()

@@ -82,6 +82,7 @@ def ledger(cli: Cli, sim: Sim) -> dict[str, str | None]:
 
 def test_kill_9_mid_batch_then_rollback_at_once(make_sim: Callable[..., Sim], cli: Cli) -> None:
     sim = slow_sim(make_sim, forks=1)  # one host after the other: most of the batch still to do
+    cli("versions --refresh", env=sim.env)  # the ledger knows where each host comes from
     kill_mid_batch(sim)
     cli("rollback --yes", env=sim.env)  # at once: no sleep for the orphan to finish
     after = sim.current()
