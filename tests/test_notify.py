@@ -366,3 +366,44 @@ def test_the_guard_reports_each_failing_host_once_and_its_trip(
     assert (
         done["kind"] == "rollback" and done["status"] == "succeeded" and done["counts"] == {"rolled_back": 3}
     )
+
+
+def test_notify_receive_prints_signed_events_and_refuses_forged_ones(
+    make_sim: Callable[..., Sim], cli: Cli
+) -> None:
+    import re
+    import urllib.error
+    import urllib.request
+
+    sim = make_sim(nodes=3)
+    secret = sim.dir / "hook.secret"
+    secret.write_text(SECRET)
+    proc = fleetctl_proc(
+        [
+            "notify",
+            "receive",
+            "--bind",
+            "127.0.0.1:0",
+            "--secret-file",
+            str(secret),
+            "--count",
+            "1",
+            "--json",
+        ],
+        sim.env,
+    )
+    assert proc.stderr is not None and proc.stdout is not None
+    match = re.search(r"listening on (http://\S+)", proc.stderr.readline())
+    assert match
+    url = match.group(1)
+    forged = urllib.request.Request(
+        url, data=b'{"event": "run.halted"}', headers={"X-Fleetctl-Signature": "sha256=00"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(forged, timeout=5)
+    assert refused.value.code == 401
+    sim.write_config(name="lab", notify=[{"webhook": url, "secret_file": "hook.secret"}])
+    cli("notify test", env=sim.env)
+    assert proc.wait(timeout=30) == 0
+    (event,) = [json.loads(line) for line in proc.stdout.read().splitlines()]
+    assert event["event"] == "notify.test" and event["fleet"] == "lab" and event["operator"] == "tester"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,7 +13,7 @@ from fleetctl import metrics as metrics_mod
 from fleetctl import notify, notify_send
 from fleetctl.cli.output import print_json, state, table, when
 from fleetctl.context import FleetContext
-from fleetctl.errors import ExitCode
+from fleetctl.errors import ExitCode, UsageError
 
 app = typer.Typer(
     help="Notifications: the outbox of events for fleet.yml's `notify:` targets.", no_args_is_help=True
@@ -130,3 +133,52 @@ def metrics(
             st.err.print("no metrics written: set `metrics: {textfile: PATH}` in fleet.yml")
             raise typer.Exit(int(ExitCode.USAGE))
         st.err.print(f"wrote {path}")
+
+
+@app.command()
+def receive(
+    ctx: typer.Context,
+    bind: Annotated[
+        str, typer.Option("--bind", help="HOST:PORT to listen on (port 0: any free one).")
+    ] = "127.0.0.1:9000",
+    secret_file: Annotated[
+        Path | None,
+        typer.Option("--secret-file", help="Check each body's HMAC-SHA256 signature with this key."),
+    ] = None,
+    count: Annotated[
+        int, typer.Option("--count", help="Exit after this many events (0: run until Ctrl-C).")
+    ] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print each event as one JSON line.")] = False,
+) -> None:
+    """A local webhook receiver that prints the events it gets, to try `notify:` out (not for production)."""
+    from fleetctl import notify_receive
+    from fleetctl.web.server import parse_bind
+
+    stop_courier(ctx)
+    host, port = parse_bind(bind)
+    key = None
+    if secret_file is not None:
+        try:
+            key = secret_file.read_bytes().strip()
+        except OSError as exc:
+            raise UsageError(f"--secret-file {secret_file}: {exc.strerror}", "give a readable file") from None
+    got = 0
+
+    def show(event: dict) -> None:
+        nonlocal got
+        typer.echo(json.dumps(event, sort_keys=True) if json_out else notify_receive.line(event))
+        got += 1
+        if count and got >= count:
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    try:
+        server = notify_receive.listen(host, port, key, show)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {bind}: {exc.strerror or exc}", "choose another --bind") from None
+    typer.echo(f"listening on {server.url}", err=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
