@@ -22,7 +22,7 @@ OnEvent = Callable[[dict[str, Any]], None]
 
 
 class Receiver(ThreadingHTTPServer):
-    daemon_threads = True
+    daemon_threads = False  # server_close() waits until every answer is sent: no event half-received
 
     def __init__(self, address: tuple[str, int], secret: bytes | None, on_event: OnEvent) -> None:
         super().__init__(address, _Handler)
