@@ -157,6 +157,51 @@ def _incident_chapter(d: Demo, config: Path, sim_dir: Path, hang: float) -> None
     )
 
 
+def _guard_chapter(d: Demo, workdir: Path, nodes: int) -> None:
+    """The night as it really went: the build passed every bake and blocked under the morning's load."""
+    info = simfleet.create(workdir / "sim-guard", nodes, 3600.0)  # 2.0.0 blocks only under load here
+    try:
+        doc = yaml.safe_load(info.config.read_text())
+        doc["rollout"] = DEMO_POLICY
+        doc["health"]["interval"] = "1s"
+        doc["guard"] = {"duration": "24h", "interval": "2s", "failures_to_fail": 2, "max_failures": 0}
+        info.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+        g = Demo(info.config, d.keep_going)
+        g.failed = d.failed
+        d.say(
+            "The night as it really went: the build passed every bake and blocked hours later, under the "
+            "morning's load. A second fleet, with a guard in fleet.yml: after a rollout its hosts stay under "
+            "probes (here a round every 2s; 2 failed rounds fail a host; budget 0)"
+        )
+        g.run("rollout 2.0.0 --yes")
+        g.run("guard status")
+        g.run("tick")
+        d.say("Morning: the load arrives, and every 2.0.0 controller starts to block")
+        g.run("sim load --dir " + shlex.quote(str(info.dir)))
+        loaded = time.monotonic()
+        code, ticks = 0, 0
+        while code == 0 and ticks < 10:  # what cron does every few minutes, here every 2s
+            time.sleep(2.05)
+            ticks += 1
+            typer.secho("$ fleetctl tick", fg="cyan", err=True)
+            code = subprocess.call([sys.executable, "-m", "fleetctl", "tick"], env=g.env)
+        back = time.monotonic() - loaded
+        if code != 1:
+            d.failed.append(f"the guard did not trip within {ticks} ticks (last tick exited {code})")
+        g.run("guard status")
+        g.run("sim status --dir " + shlex.quote(str(info.dir)))
+        typer.secho(
+            "\n   the incident:  cause found after 85 min, every node back after 95 more: 180 min down\n"
+            f"   with the guard: the load arrived, and {back:.0f}s later every node was back at 1.0.0, "
+            "2.0.0 quarantined, nobody woken",
+            bold=True,
+            err=True,
+        )
+    finally:
+        simfleet.stop(info.dir)
+
+
 def _extra_steps(d: Demo, config: Path, sim_dir: Path, hang: float) -> None:
     _freeze_chapter(d)
     _incident_chapter(d, config, sim_dir, hang)
+    _guard_chapter(d, sim_dir.parent, max(3, len(simfleet.load(sim_dir).nodes)))
