@@ -287,3 +287,46 @@ def fleetctl_proc(args: list[str], env: dict[str, str], **kw: Any) -> subprocess
         stderr=subprocess.PIPE,
         **kw,
     )
+
+
+# --- the journal on SQLite and on a real PostgreSQL server (.ci/postgres.sh) -----------------------------
+
+PG_URL_ENV = "FLEETCTL_TEST_PG_URL"
+
+
+def fresh_pg_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test (dropped after it); skips (fails under CI) without a
+    server: run `eval "$(.ci/postgres.sh)"` to get one."""
+    import secrets
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = os.environ.get(PG_URL_ENV)
+    if not base:
+        need(False, f'{PG_URL_ENV} is unset: no PostgreSQL server (start one: eval "$(.ci/postgres.sh)")')
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")  # type: ignore[arg-type]
+    name = f"fleetctl_t_{secrets.token_hex(5)}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh journal URL on each backend: a SQLite file, or a new database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'journal.db'}"
+    else:
+        yield from fresh_pg_database()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL journal URL only (tests of PostgreSQL-specific behaviour)."""
+    yield from fresh_pg_database()

@@ -48,13 +48,26 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def url(db: Path) -> str:
+def sqlite_url(db: Path) -> str:
     return f"sqlite:///{db}"
+
+
+@pytest.fixture
+def url(journal_url: str) -> str:
+    """The journal on each backend: a SQLite file, and a fresh database on the PostgreSQL server."""
+    return journal_url
 
 
 @pytest.fixture
 def store(url: str, clock: Clock):
     s = Store.open(url, clock=clock)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url: str, clock: Clock):
+    s = Store.open(sqlite_url, clock=clock)
     yield s
     s.close()
 
@@ -83,7 +96,7 @@ def set_lock(store: Store, name: str, **values: object) -> None:
 # --- opening ---------------------------------------------------------------------------------------------
 
 
-def test_open_creates_file_0600_in_wal_mode_with_schema(store: Store, db: Path) -> None:
+def test_open_creates_file_0600_in_wal_mode_with_schema(sqlite_store: Store, db: Path) -> None:
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
     with sqlite3.connect(db) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -94,8 +107,8 @@ def test_open_creates_file_0600_in_wal_mode_with_schema(store: Store, db: Path) 
     assert set(schema.metadata.tables) <= tables
 
 
-def test_wal_and_shm_files_are_private_too(store: Store, db: Path) -> None:
-    store.ledger.record(HC, {"h1": "1.0"}, source="observed", run_id=None, operator=None)
+def test_wal_and_shm_files_are_private_too(sqlite_store: Store, db: Path) -> None:
+    sqlite_store.ledger.record(HC, {"h1": "1.0"}, source="observed", run_id=None, operator=None)
     for suffix in ("-wal", "-shm"):
         side = db.with_name(db.name + suffix)
         assert side.exists()
@@ -110,12 +123,12 @@ def test_existing_file_is_made_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
 
 
-def test_reopen_is_idempotent_and_keeps_data(url: str, db: Path, clock: Clock) -> None:
-    first = Store.open(url, clock=clock)
+def test_reopen_is_idempotent_and_keeps_data(sqlite_url: str, db: Path, clock: Clock) -> None:
+    first = Store.open(sqlite_url, clock=clock)
     first.ledger.record(HC, {"h1": "1.0"}, source="observed", run_id=None, operator="op")
     first.close()
     for _ in range(3):
-        again = Store.open(url, clock=clock)
+        again = Store.open(sqlite_url, clock=clock)
         assert again.ledger.versions(HC) == {"h1": "1.0"}
         again.close()
     with sqlite3.connect(db) as raw:
@@ -145,11 +158,11 @@ def test_in_memory_store_leaves_no_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_newer_schema_is_refused(url: str, db: Path) -> None:
-    Store.open(url).close()
+def test_newer_schema_is_refused(sqlite_url: str, db: Path) -> None:
+    Store.open(sqlite_url).close()
     with sqlite3.connect(db) as raw:
         raw.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
-    err = store_error(url)
+    err = store_error(sqlite_url)
     assert "newer" in err.message and "99" in err.message
 
 
@@ -229,8 +242,8 @@ def _corrupt(db: Path) -> None:
         fh.write(b"\xde\xad\xbe\xef" * ((size - 100) // 4))
 
 
-def test_reading_a_corrupt_journal_is_a_store_error(url: str, db: Path) -> None:
-    s = Store.open(url)
+def test_reading_a_corrupt_journal_is_a_store_error(sqlite_url: str, db: Path) -> None:
+    s = Store.open(sqlite_url)
     s.ledger.record(HC, {f"h{i}": "1.0" for i in range(200)}, source="observed", run_id=None, operator=None)
     s.close()
     with sqlite3.connect(db) as raw:
