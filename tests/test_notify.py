@@ -270,11 +270,11 @@ def test_apprise_targets_deliver_through_the_extra(
     assert cli.json("notify list --json", env=sim.env)["outbox"][0]["status"] == "delivered"
 
 
-def lifecycle_store(tmp_path: Path, kind: str = "rollout") -> tuple[Any, str]:
+def lifecycle_store(url: str, kind: str = "rollout") -> tuple[Any, str]:
     from fleetctl.store import Store
     from fleetctl.store.outbox import Route
 
-    store = Store.open(f"sqlite:///{tmp_path / 'journal.db'}")
+    store = Store.open(url)
     store.outbox.configure([Route("all"), Route("pauses", ("run.paused",))], "lab")
     run = store.runs.create(
         kind=kind,
@@ -290,8 +290,8 @@ def lifecycle_store(tmp_path: Path, kind: str = "rollout") -> tuple[Any, str]:
     return store, run.id
 
 
-def test_a_runs_status_changes_become_events_once_in_the_same_transaction(tmp_path: Path) -> None:
-    store, run = lifecycle_store(tmp_path)
+def test_a_runs_status_changes_become_events_once_in_the_same_transaction(journal_url: str) -> None:
+    store, run = lifecycle_store(journal_url)
     update = store.runs.update
     update(run, status="running", status_reason=None)  # the engine starting: run.started
     update(run, status="running", status_reason=None)  # a resume after kill -9 says it again: nothing new
@@ -326,8 +326,8 @@ def test_a_runs_status_changes_become_events_once_in_the_same_transaction(tmp_pa
     assert last["counts"] == {"rolled_back": 1, "pending": 1} and last["fleet"] == "lab"
 
 
-def test_a_notification_that_cannot_be_queued_never_undoes_the_change(tmp_path: Path) -> None:
-    store, run = lifecycle_store(tmp_path, kind="rollback")
+def test_a_notification_that_cannot_be_queued_never_undoes_the_change(journal_url: str) -> None:
+    store, run = lifecycle_store(journal_url, kind="rollback")
     with store.tx() as conn:
         conn.exec_driver_sql("DROP TABLE outbox")  # the outbox is broken ...
     store.runs.update(run, status="running", status_reason=None)
@@ -407,3 +407,27 @@ def test_notify_receive_prints_signed_events_and_refuses_forged_ones(
     assert proc.wait(timeout=30) == 0
     (event,) = [json.loads(line) for line in proc.stdout.read().splitlines()]
     assert event["event"] == "notify.test" and event["fleet"] == "lab" and event["operator"] == "tester"
+
+
+def test_concurrent_senders_claim_each_row_once(journal_url: str) -> None:
+    from fleetctl.store import Store
+
+    store, _run = lifecycle_store(journal_url)
+    with store.tx() as conn:
+        for i in range(30):
+            store.audit.write(conn, "freeze.on", f"scope{i}", "test", "tester", {})
+    claimed: list[int] = []
+
+    def sender() -> None:
+        other = Store.open(journal_url)
+        while rows := other.outbox.due(other.now(), ["all"]):
+            claimed.extend(r.id for r in rows if other.outbox.claim(r, other.now(), 60))
+        other.close()
+
+    threads = [threading.Thread(target=sender) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(r.id for r in store.outbox.list(limit=100))
+    assert len(claimed) == 30 and store.outbox.stats()["sending"] == 30
