@@ -11,9 +11,28 @@ from fleetctl.context import FleetContext
 from fleetctl.engine import Checkpoint, Engine
 from fleetctl.errors import UsageError
 from fleetctl.plan import Plan
+from fleetctl.store.controls import QuarantineEntry
 from fleetctl.store.runs import ACTIVE, RunHost, RunRecord
 
 RESUMABLE = ("paused", "interrupted", "running", "halted", "aborted")
+
+
+def failed_hosts(hosts: list[RunHost]) -> list[dict[str, Any]]:
+    """Every host that failed in a run, with its error: those still failed and those a rollback later
+    brought back (state rolled_back, their error kept)."""
+    return [
+        {"host": h.host, "error": h.error, "state": h.state}
+        for h in hosts
+        if h.state == "failed" or (h.state == "rolled_back" and h.error)
+    ]
+
+
+def quarantined_by(ctx: FleetContext, run: RunRecord) -> QuarantineEntry | None:
+    """The quarantine entry this run made (its version, while not cleared), if any."""
+    if run.kind != "rollout" or not run.target:
+        return None
+    entry = ctx.store.quarantine.get(run.component, run.target)
+    return entry if entry and entry.run_id == run.id else None
 
 
 @dataclass
@@ -22,6 +41,7 @@ class RunStatus:
     hosts: list[RunHost]
     holder_alive: bool
     now: datetime
+    quarantined: QuarantineEntry | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -52,10 +72,12 @@ class RunStatus:
         status = run["status"]
         if status == "running" and not self.holder_alive:
             status = "interrupted"
-        run.update(status=status, counts=self.counts, total=len(self.hosts), eta_seconds=self.eta_seconds())
+        eta = self.eta_seconds() if status == "running" else None  # an interrupted run has no ETA
+        run.update(status=status, counts=self.counts, total=len(self.hosts), eta_seconds=eta)
         return {
             "run": run,
-            "failed": [{"host": h.host, "error": h.error} for h in self.hosts if h.state == "failed"],
+            "failed": failed_hosts(self.hosts),
+            "quarantined": self.quarantined.to_json() if self.quarantined else None,
             "hosts": [h.to_json() for h in self.hosts],
         }
 
@@ -94,7 +116,8 @@ def resumable(ctx: FleetContext, run: RunRecord) -> bool:
 
 def status(ctx: FleetContext, ref: str | None = None) -> RunStatus:
     run = find_run(ctx, ref)
-    return RunStatus(run, ctx.store.runs.hosts(run.id), holder_alive(ctx, run), ctx.now())
+    hosts = ctx.store.runs.hosts(run.id)
+    return RunStatus(run, hosts, holder_alive(ctx, run), ctx.now(), quarantined_by(ctx, run))
 
 
 def pause(ctx: FleetContext, ref: str | None = None) -> RunRecord:

@@ -11,6 +11,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad usage, config, inventory or input
     BLOCKED = 3  # freeze, quarantine or closed window: nothing was changed
     LOCKED = 4  # another run holds the fleet lock
+    STOPPED = 5  # the run stopped unfinished: paused by an operator, a closed window or an operator stage
     INTERRUPTED = 130
 
 

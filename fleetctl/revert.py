@@ -5,6 +5,8 @@ Wide and without bakes; hosts already at their target are skipped."""
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from fleetctl.context import FleetContext
@@ -44,6 +46,42 @@ def reported(result: HostResult) -> str:
 
 
 TOUCHED = ("updating", "verifying", "done", "failed", "rolling_back")
+GATE = "health gate: "  # how the engine prefixes the error of a host that failed its health gate
+
+
+def ran_the_version(hosts: Iterable[RunHost]) -> bool:
+    """Did any host of the run run its version: updated (verifying, done), failed its health gate,
+    or was caught mid-rollback by a crash (not known otherwise: counted as having run it)."""
+    return any(
+        h.state in ("verifying", "done", "rolling_back")
+        or (h.state == "failed" and (h.error or "").startswith(GATE))
+        for h in hosts
+    )
+
+
+def failure_cause(hosts: Iterable[RunHost]) -> str | None:
+    """`node-001 failed its health gate: <error>` for the first failed host (and how many more)."""
+    failed = [h for h in hosts if h.state == "failed" and h.error]
+    if not failed:
+        return None
+    first = failed[0]
+    error = first.error or ""
+    what = (
+        f"{first.host} failed its health gate: {error[len(GATE) :]}"
+        if error.startswith(GATE)
+        else f"{first.host} failed: {error}"
+    )
+    return what + (f" (and {len(failed) - 1} more host(s))" if len(failed) > 1 else "")
+
+
+def restores(targets: dict[str, str]) -> str | None:
+    """What a revert restores, in words: `1.0.0`, or `1.0.0 on 2 host(s), 1.1.0 on 1 host(s)`."""
+    counts = Counter(targets.values())
+    if not counts:
+        return None
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{v} on {n} host(s)" for v, n in sorted(counts.items()))
 
 
 class Reverter:
@@ -66,6 +104,8 @@ class Reverter:
         if self.watch:
             self.watch.cancel.clear()
         states = self._states(run.id)
+        ran = ran_the_version(states.values())
+        cause = failure_cause(states.values())
         touched = {h: s.from_version for h, s in states.items() if s.state in TOUCHED}
         bad = {h: v for h, v in touched.items() if v and not is_plain_version(v)}
         for host, was in sorted(bad.items()):  # never handed to a playbook: a human must look
@@ -80,7 +120,9 @@ class Reverter:
         revert = revert_plan(
             self.ctx.fleet, self.ctx.config.rollback, versions, targets, component=plan.component
         )
-        self.ctx.emit("rollback.started", run.id, hosts=len(revert.hosts), reason=reason)
+        self.ctx.emit(
+            "rollback.started", run.id, hosts=len(revert.hosts), reason=reason, to=restores(revert.targets)
+        )
         done = set(targets) - set(revert.hosts)
         for batch in (b for s in revert.stages for b in s.batches):
             results = run_revert_batch(self.ctx, run, revert, batch, executor, self.watch)
@@ -88,9 +130,11 @@ class Reverter:
             if self.watch and self.watch.cancel.is_set():
                 return
         self.store.runs.set_hosts(run.id, sorted(done), "rolled_back")
-        if plan.kind == "rollout" and plan.version and not aborted:
+        if plan.kind == "rollout" and plan.version and not aborted and ran:
+            # A version no node ever ran (a download that failed, a typo) says nothing about itself.
+            why = f"{reason}; {cause}" if cause else reason
             self.store.quarantine.add(
-                plan.component, plan.version, reason=reason, run_id=run.id, by=run.operator
+                plan.component, plan.version, reason=why[:500], run_id=run.id, by=run.operator
             )
         left = sorted(set(targets) - done) + unknown
         status = ("aborted" if aborted else "rolled_back") if not left else "failed"

@@ -65,10 +65,30 @@ def prepare(
                 f"the plan is for {saved.version}, not {version}", "drop VERSION or make a new plan"
             )
         check_fresh(saved, make_plan(ctx, saved.version, saved.limit))
+        require_published(ctx, saved)
         return saved
     if not version:
         raise UsageError("rollout needs a VERSION or --plan FILE", "e.g. `fleetctl rollout 1.2.0`")
-    return make_plan(ctx, version, limit)
+    plan = make_plan(ctx, version, limit)
+    require_published(ctx, plan)
+    return plan
+
+
+def require_published(ctx: FleetContext, plan: Plan) -> None:
+    """Before anything runs: the artifact of the plan's version exists in the artifact store and its
+    checksum is known, as the plan's first host would fetch it (install method archive only; a package
+    manager is not asked). A typo'd version is refused here (exit 2), so it never reaches a node and
+    is never quarantined."""
+    from fleetctl import artifacts
+
+    if not plan.version or not plan.hosts:
+        return
+    found = artifacts.verify(ctx, plan.version, plan.hosts[0])
+    if not found.ok:
+        raise UsageError(
+            f"no such version in the artifact store (or its checksum is unknown): {found.detail}",
+            found.fix or "check the version (`fleetctl check VERSION` says more)",
+        )
 
 
 def refuse_quarantined(ctx: FleetContext, version: str) -> None:

@@ -73,6 +73,15 @@ def queue_add(
             ctx.fleet.select(pattern, required=True)
         except InventoryError as exc:
             raise UsageError(f"-l {pattern}: {exc.message}", exc.hint) from None
+    rollouts.refuse_quarantined(ctx, version)  # exit 3 now, not at every tick of the window
+    plan = rollouts.make_plan(ctx, version, pattern)
+    if not plan.hosts:
+        where = f"matching {pattern} " if pattern else ""
+        raise UsageError(
+            f"every host {where}already runs {version} (or is skipped): nothing to queue",
+            f"see `fleetctl plan {version}`",
+        )
+    rollouts.require_published(ctx, plan)
     return ctx.store.queue.add(ctx.component, version, pattern=pattern, not_before=not_before, by=ctx.who)
 
 

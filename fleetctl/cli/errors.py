@@ -34,7 +34,9 @@ class FleetGroup(TyperGroup):
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, SystemExit):
+        except typer.Abort:  # Ctrl-C (or end of input) at a prompt: interrupted, like Ctrl-C anywhere
+            raise typer.Exit(report(KeyboardInterrupt())) from None
+        except (typer.Exit, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - the single mapping point
             if getattr(exc, "exit_code", None) is not None and not isinstance(exc, FleetError):

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.live import Live
 
-from fleetctl import control, policy
+from fleetctl import control, policy, revert
 from fleetctl import plan as planning
 from fleetctl import rollback as rollbacks
 from fleetctl import rollout as rollouts
@@ -22,6 +22,7 @@ from fleetctl.cli.progress import Renderer
 from fleetctl.engine import Engine
 from fleetctl.errors import ExitCode, UsageError
 from fleetctl.plan import Plan
+from fleetctl.store.controls import QuarantineEntry
 from fleetctl.store.runs import RunRecord
 from fleetctl.units import format_duration
 
@@ -33,7 +34,7 @@ RunArg = Annotated[
     str | None, typer.Argument(help="Run id (or a unique prefix). Default: the newest that fits.")
 ]
 
-BLOCKED_PAUSES = ("frozen", "window closed")
+FROZEN = "frozen"
 
 
 def register(app: typer.Typer) -> None:
@@ -153,7 +154,8 @@ def confirm(st: CliState, yes: bool, show: Callable[[], None], question: str) ->
         )
     show()
     if not typer.confirm(question, default=False, err=True):
-        raise typer.Exit(1)
+        st.err.print("nothing done")
+        raise typer.Exit(int(ExitCode.OK))
 
 
 @contextmanager
@@ -171,7 +173,7 @@ def running(st: CliState, json_out: bool):  # type: ignore[no-untyped-def]
             raise KeyboardInterrupt
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    renderer = Renderer.choose(json_out)
+    renderer = Renderer.choose(json_out, restores=lambda run_id: restored_by(st, run_id))
     try:
         with renderer:
             yield renderer, engines.append
@@ -180,27 +182,50 @@ def running(st: CliState, json_out: bool):  # type: ignore[no-untyped-def]
             signal.signal(s, h)
 
 
-def summary(run: RunRecord | None, kind: str, status: str, hosts: list[Any] | None = None) -> dict[str, Any]:
+def restored_by(st: CliState, run_id: str) -> str | None:
+    """What a rollback run restores, from its journaled plan (for the progress line)."""
+    run = st.ctx.store.runs.get(run_id)
+    targets = (run.plan or {}).get("targets") if run else None
+    return revert.restores(targets) if isinstance(targets, dict) else None
+
+
+def summary(
+    run: RunRecord | None,
+    kind: str,
+    status: str,
+    hosts: list[Any] | None = None,
+    quarantined: QuarantineEntry | None = None,
+) -> dict[str, Any]:
+    """A run's end in JSON: `failed` lists every host that failed with its error, also those a rollback
+    brought back later; `quarantined` the quarantine entry the run made (null when none)."""
     hosts = hosts or []
     ok_states = ("done", "rolled_back") if kind == "rollback" else ("done",)
     return {
         "run": run.id if run else None,
         "kind": kind,
         "status": status,
+        "version": run.target if run else None,
         "succeeded": [h.host for h in hosts if h.state in ok_states],
-        "failed": [{"host": h.host, "error": h.error} for h in hosts if h.state == "failed"],
+        "failed": control.failed_hosts(hosts) if kind == "rollout" else _failed(hosts),
         "rolled_back": [h.host for h in hosts if h.state == "rolled_back"] if kind == "rollout" else [],
+        "quarantined": quarantined.to_json() if quarantined else None,
         "reason": run.status_reason if run else None,
     }
 
 
+def _failed(hosts: list[Any]) -> list[dict[str, Any]]:
+    return [{"host": h.host, "error": h.error, "state": h.state} for h in hosts if h.state == "failed"]
+
+
 def exit_code(run: RunRecord) -> int:
+    """0 finished, 1 failed, 3 paused by a freeze, 5 stopped unfinished (paused by an operator, a closed
+    window or an operator stage), 130 interrupted."""
     if run.status == "succeeded":
         return ExitCode.OK
     if run.status == "interrupted":
         return ExitCode.INTERRUPTED
     if run.status == "paused":
-        return ExitCode.BLOCKED if (run.status_reason or "").startswith(BLOCKED_PAUSES) else ExitCode.OK
+        return ExitCode.BLOCKED if (run.status_reason or "").startswith(FROZEN) else ExitCode.STOPPED
     return ExitCode.FAILED
 
 
@@ -210,22 +235,59 @@ def finish(st: CliState, run: RunRecord | None, json_out: bool) -> None:
     if run is None:
         return
     hosts = st.ctx.store.runs.hosts(run.id)
-    doc = summary(run, run.kind, run.status, hosts)
+    doc = summary(run, run.kind, run.status, hosts, control.quarantined_by(st.ctx, run))
     if run.kind == "rollback":
         doc["moves"] = [m.to_json() for m in rollbacks.moves_of(run)]
     if json_out:
         print_json(doc)
     else:
-        st.err.print(f"run {run.id} {run.status}" + (f": {run.status_reason}" if run.status_reason else ""))
-        rolled = f", {len(doc['rolled_back'])} rolled back" if doc["rolled_back"] else ""
-        st.err.print(f"  {len(doc['succeeded'])} host(s) ok, {len(doc['failed'])} failed{rolled}")
-        for f in doc["failed"][:20]:
-            st.err.print(f"  ✗ {f['host']}: {f['error']}")
+        for line in summary_lines(run, doc):
+            st.err.print(line)
         if run.status == "paused":
-            st.err.print(f"  continue with `fleetctl resume {run.id}`")
+            st.err.print(f"  {paused_advice(st, run)}")
     code = exit_code(run)
     if code:
         raise typer.Exit(int(code))
+
+
+def summary_lines(run: RunRecord, doc: dict[str, Any]) -> list[str]:
+    """The text summary: counts where a host that failed counts as failed even after its rollback, each
+    failed host with its error, and what was quarantined."""
+    lines = [f"run {run.id} {run.status}" + (f": {run.status_reason}" if run.status_reason else "")]
+    failed = doc["failed"]
+    back = sum(1 for f in failed if f["state"] == "rolled_back")
+    then = f" ({back} of them rolled back)" if back else ""
+    also = len(doc["rolled_back"]) - back
+    rolled = f", {also} more rolled back" if also > 0 else ""
+    lines.append(f"  {len(doc['succeeded'])} host(s) ok, {len(failed)} failed{then}{rolled}")
+    for f in failed[:20]:
+        lines.append(
+            f"  ✗ {f['host']}: {f['error']}" + (" (rolled back)" if f["state"] == "rolled_back" else "")
+        )
+    if len(failed) > 20:
+        lines.append(f"  ... and {len(failed) - 20} more failed host(s): `fleetctl status {run.id}`")
+    q = doc.get("quarantined")
+    if q:
+        lines.append(
+            f"  version {q['version']} quarantined: {q['reason']} "
+            f"(`fleetctl quarantine clear {q['version']} --reason TEXT` once the fault is understood)"
+        )
+    return lines
+
+
+def paused_advice(st: CliState, run: RunRecord) -> str:
+    """How to go on from a pause: for a freeze, which freeze, its end and how to lift it."""
+    if (run.status_reason or "").startswith(FROZEN):
+        causes = policy.covering(
+            st.ctx, [h.host for h in st.ctx.store.runs.hosts(run.id) if h.state == "pending"]
+        )
+        if causes:
+            what = "; ".join(c.describe() for c in causes)
+            return (
+                f"the fleet is frozen ({what}); `fleetctl resume {run.id}` once the freeze ends, "
+                "or lift it with `fleetctl freeze off --reason TEXT`"
+            )
+    return f"continue with `fleetctl resume {run.id}`"
 
 
 def runs(
@@ -283,7 +345,7 @@ def status(
             elif key != last:
                 print_json(doc) if json_out else st.out.print(render_status(s))
             last = key
-            if doc["run"]["status"] not in ("running", "planned"):
+            if doc["run"]["status"] not in ("running", "planned", "paused"):  # a pause is not an end
                 break
             time.sleep(1.0)
     finally:
@@ -303,9 +365,14 @@ def render_status(s: control.RunStatus) -> str:
     ]
     if doc["eta_seconds"] is not None:
         lines.append(f"  eta {format_duration(doc['eta_seconds'])}")
-    for h in s.hosts:
-        if h.state == "failed":
-            lines.append(f"  ✗ {h.host}: {h.error}")
+    full = s.to_json()
+    for f in full["failed"]:
+        lines.append(
+            f"  ✗ {f['host']}: {f['error']}" + (" (rolled back)" if f["state"] == "rolled_back" else "")
+        )
+    q = full["quarantined"]
+    if q:
+        lines.append(f"  version {q['version']} quarantined: {q['reason']}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,143 @@
+"""Issue 10, deliverable 7: what an operator met on a shift. A version that is not in the artifact store
+is refused before anything runs (exit 2) and never quarantined; the cause of a failure is in every
+summary and in the quarantine entry; unfinished runs have their own exit codes (5 stopped, 3 frozen,
+0 for `n` at the prompt with "nothing done", 130 for Ctrl-C at the prompt)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+from fleetctl import rollout as rollouts
+from fleetctl.context import FleetContext
+from tests.conftest import FLEETCTL, TWO_BATCHES, Cli, Sim, fleetctl_proc, host_states, run_status, wait_for
+from tests.health_stub import HealthStub
+
+BAKED = [
+    {"name": "canary", "hosts": "canary", "batch": 1, "bake": "10s", "max_failures": 0},
+    {"name": "rest", "hosts": "all", "batch": "100%", "bake": "0s"},
+]
+
+
+def test_a_version_not_in_the_artifact_store_is_refused_before_anything_runs(sim: Sim, cli: Cli) -> None:
+    before = sim.current()
+    for typo in ("9.9.9", "1.2"):
+        result = cli(["rollout", typo, "--yes"], env=sim.env, code=2)
+        assert "no such version in the artifact store" in result.stderr, result.stderr
+    assert "no such version in the artifact store" in cli("schedule add 9.9.9", env=sim.env, code=2).stderr
+    assert cli.json("runs --json", env=sim.env)["runs"] == []
+    assert cli.json("quarantine list --json", env=sim.env)["quarantine"] == []
+    assert cli.json("schedule list --json", env=sim.env)["queue"] == []
+    assert sim.current() == before
+
+
+def test_a_version_that_never_ran_on_a_node_is_not_quarantined(make_sim: Callable[..., Sim]) -> None:
+    """The engine's halt path: the canary fails its download (a bad checksum), the run halts and is
+    reverted, and nothing is quarantined: no node ever ran the version."""
+    sim = make_sim(nodes=3, stages=TWO_BATCHES)
+    ctx = FleetContext(config_path=sim.config)
+    plan = rollouts.make_plan(ctx, "1.1.0")  # made while the artifact is good; then the canary breaks
+    sim.host_vars("node-001", hc_artifact_checksum="sha256:" + "0" * 64)
+    run = rollouts.start(FleetContext(config_path=sim.config), plan)
+    assert run is not None and run.status in ("rolled_back", "halted", "failed"), run
+    ctx = FleetContext(config_path=sim.config)
+    assert ctx.store.quarantine.list(ctx.component) == []
+    assert set(sim.current().values()) == {"1.0.0"}
+
+
+def test_every_summary_names_the_failed_host_and_what_was_quarantined(
+    make_sim: Callable[..., Sim], cli: Cli
+) -> None:
+    sim = make_sim(nodes=3, stages=TWO_BATCHES)
+    stub = HealthStub(sim, "node-001", "1.1.0", b"HTTP/1.1 500 broken\r\nConnection: close\r\n\r\n")
+    try:
+        result = cli("rollout 1.1.0 --yes --json", env=sim.env, code=1)
+    finally:
+        stub.close()
+    doc = json.loads(result.stdout.splitlines()[-1])
+    assert doc["status"] == "rolled_back"
+    [failed] = doc["failed"]
+    assert failed["host"] == "node-001" and failed["state"] == "rolled_back"
+    assert "health gate" in failed["error"] and "500" in failed["error"]
+    quarantined = doc["quarantined"]
+    assert quarantined["version"] == "1.1.0"
+    assert "node-001 failed its health gate" in quarantined["reason"] and "500" in quarantined["reason"]
+
+    status = cli.json("status --json", env=sim.env)
+    assert [f["host"] for f in status["failed"]] == ["node-001"]
+    assert status["quarantined"]["version"] == "1.1.0"
+    text = cli("status", env=sim.env).stdout
+    assert "✗ node-001: health gate" in text and "version 1.1.0 quarantined" in text
+    [entry] = cli.json("quarantine list --json", env=sim.env)["quarantine"]
+    assert "node-001 failed its health gate" in entry["reason"]
+
+
+def test_a_run_paused_by_the_operator_exits_5_and_says_how_to_go_on(
+    make_sim: Callable[..., Sim], cli: Cli
+) -> None:
+    sim = make_sim(nodes=3, stages=BAKED)
+    proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
+    wait_for(lambda: host_states(run_status(sim)).get("node-001") == "verifying", what="canary bake")
+    cli("pause", env=sim.env)
+    assert proc.wait(timeout=120) == 5
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "paused by request" in err and "continue with `fleetctl resume" in err, err
+    assert cli.json("status --json", env=sim.env)["run"]["status"] == "paused"
+
+
+def test_a_run_paused_by_a_freeze_exits_3_and_names_the_freeze(
+    make_sim: Callable[..., Sim], cli: Cli
+) -> None:
+    sim = make_sim(nodes=3, stages=BAKED)
+    proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
+    wait_for(lambda: host_states(run_status(sim)).get("node-001") == "verifying", what="canary bake")
+    cli(["freeze", "on", "--reason", "incident 42"], env=sim.env)
+    assert proc.wait(timeout=120) == 3
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "incident 42" in err and "freeze off --reason" in err, err
+
+
+def prompt_in_a_terminal(args: list[str], env: dict[str, str], answer: str | None) -> tuple[int, str]:
+    """Run fleetctl on a pseudo-terminal; at its question answer `answer`, or press Ctrl-C (SIGINT)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        FLEETCTL + args,
+        env={**os.environ, **env, "TERM": "dumb", "COLUMNS": "200"},
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"[y/N]" not in seen and time.monotonic() < deadline:
+        seen += os.read(master, 65536)
+    if answer is None:
+        proc.send_signal(signal.SIGINT)
+    else:
+        os.write(master, answer.encode() + b"\n")
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        seen += data
+    os.close(master)
+    return proc.wait(timeout=60), seen.decode("utf-8", "replace")
+
+
+def test_no_at_the_prompt_exits_0_with_nothing_done_and_ctrl_c_exits_130(sim: Sim, cli: Cli) -> None:
+    code, out = prompt_in_a_terminal(["rollout", "1.1.0"], sim.env, "n")
+    assert code == 0 and "nothing done" in out, out
+    code, out = prompt_in_a_terminal(["rollout", "1.1.0"], sim.env, None)
+    assert code == 130 and "interrupted" in out, out
+    assert cli.json("runs --json", env=sim.env)["runs"] == []
+    assert set(sim.current().values()) == {"1.0.0"}
