@@ -233,6 +233,20 @@ class ArtifactsConfig(_Model):
         return {"hc_require_checksum": self.require_checksum}
 
 
+class LockConfig(_Model):
+    """The fleet lock's lease: a holder that stops renewing it (killed, its machine gone) is taken over
+    once it expires. Renewed three times per lease (at most every 10 s)."""
+
+    lease: Duration = 60.0
+
+    @field_validator("lease")
+    @classmethod
+    def _at_least_2s(cls, value: float) -> float:
+        if value < 2:
+            raise ValueError(f"must be at least 2s (e.g. 60s), not {value:g}s")
+        return value
+
+
 class MetricsConfig(_Model):
     textfile: Path | None = None  # node_exporter textfile, rewritten atomically (relative to fleet.yml)
 
@@ -257,6 +271,7 @@ class FleetConfig(_Model):
     env: dict[str, str] = {}  # environment variables for every ansible-playbook run (e.g. HOME, ANSIBLE_*)
     notify: NotifyTargets = []  # where events go (fleetctl.notify)
     metrics: MetricsConfig = MetricsConfig()
+    lock: LockConfig = LockConfig()
 
     @field_validator("vars")
     @classmethod

@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
@@ -72,6 +72,7 @@ class FleetContext:
             url = f"sqlite:///{os.path.abspath(url)}"  # not resolved: a symlink is refused
         store = Store.open(self.config.state_url(url), clock=self.clock)
         notify.configure_store(store, self.config)  # the outbox fans events out to fleet.yml's targets
+        store.locks.lease = timedelta(seconds=self.config.lock.lease)
         return store
 
     @property

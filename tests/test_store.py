@@ -90,7 +90,13 @@ def dead_pid() -> int:
 
 def set_lock(store: Store, name: str, **values: object) -> None:
     with store.tx() as conn:
-        conn.execute(schema.locks.update().where(schema.locks.c.name == name).values(**values))
+        conn.execute(schema.leases.update().where(schema.leases.c.name == name).values(**values))
+
+
+def db_now(store: Store) -> datetime:
+    """The database's clock (now() on PostgreSQL; the store's clock on SQLite)."""
+    with store.read() as conn:
+        return store.locks.db_now(conn)
 
 
 # --- opening ---------------------------------------------------------------------------------------------
@@ -104,7 +110,7 @@ def test_open_creates_file_0600_in_wal_mode_with_schema(sqlite_store: Store, db:
             (str(len(MIGRATIONS)),)
         ]
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert set(schema.metadata.tables) <= tables
+    assert set(schema.metadata.tables) - schema.RETIRED_TABLES <= tables and "locks" not in tables
 
 
 def test_wal_and_shm_files_are_private_too(sqlite_store: Store, db: Path) -> None:
@@ -624,44 +630,123 @@ def test_lock_on_another_machine_is_not_judged_by_pid(store: Store) -> None:
 
 
 @pytest.mark.parametrize(
-    "age, taken_over",
+    "left, taken_over",
     [
-        (timedelta(seconds=0), False),
-        (timedelta(seconds=59), False),
-        (STALE_AFTER, False),
-        (STALE_AFTER + timedelta(seconds=1), True),
-        (timedelta(hours=3), True),
+        (timedelta(seconds=60), False),
+        (timedelta(seconds=1), False),
+        (timedelta(seconds=0), True),
+        (timedelta(seconds=-1), True),
+        (-timedelta(hours=3), True),
     ],
 )
-def test_lock_stale_heartbeat(url: str, age: timedelta, taken_over: bool) -> None:
-    first_clock, later = Clock(T0), Clock(T0 + age)
-    first = Store.open(url, clock=first_clock)
-    token, _ = first.locks.acquire("fleet", run_id="r1", owner="ann")  # our own, live pid
-    second = Store.open(url, clock=later)
+def test_lock_lease_expiry_by_the_database_clock(url: str, left: timedelta, taken_over: bool) -> None:
+    """Our own live pid, on another machine's name: only the lease counts, read on the database's clock."""
+    first = Store.open(url)
+    token, _ = first.locks.acquire("fleet", run_id="r1", owner="ann")
+    set_lock(first, "fleet", hostname="elsewhere", expires_at=db_now(first) + left)
+    second = Store.open(url)
     if taken_over:
         _, dead = second.locks.acquire("fleet", run_id="r2", owner="bob")
         assert dead is not None and dead.run_id == "r1"
         assert first.locks.heartbeat("fleet", token) is False
     else:
-        with pytest.raises(LockedError):
+        with pytest.raises(LockedError, match="elsewhere"):
             second.locks.acquire("fleet", run_id="r2", owner="bob")
         assert first.locks.heartbeat("fleet", token) is True
 
 
-def test_heartbeat_keeps_lock_alive(url: str) -> None:
-    clock = Clock()
-    holder = Store.open(url, clock=clock)
+@pytest.mark.parametrize(
+    "age, taken_over", [(STALE_AFTER, False), (STALE_AFTER + timedelta(seconds=1), True)]
+)
+def test_sqlite_lease_follows_the_application_clock(
+    sqlite_url: str, age: timedelta, taken_over: bool
+) -> None:
+    first = Store.open(sqlite_url, clock=Clock(T0))
+    first.locks.acquire("fleet", run_id="r1", owner="ann")
+    set_lock(first, "fleet", hostname="elsewhere")
+    second = Store.open(sqlite_url, clock=Clock(T0 + age))
+    if taken_over:
+        assert second.locks.acquire("fleet", run_id="r2", owner="bob")[1] is not None
+    else:
+        with pytest.raises(LockedError):
+            second.locks.acquire("fleet", run_id="r2", owner="bob")
+
+
+def test_heartbeat_renews_the_lease(url: str) -> None:
+    holder = Store.open(url)
     token, _ = holder.locks.acquire("fleet", run_id=None, owner="ann")
-    for _ in range(5):
-        clock.advance(seconds=50)
-        assert holder.locks.heartbeat("fleet", token, run_id="r-late") is True
-    watcher = Store.open(url, clock=Clock(clock.at + timedelta(seconds=30)))
+    set_lock(holder, "fleet", hostname="elsewhere", expires_at=db_now(holder) - timedelta(seconds=5))
+    assert holder.locks.heartbeat("fleet", token, run_id="r-late") is True  # not taken over: renewed
+    watcher = Store.open(url)
     info = watcher.locks.holder("fleet")
-    assert info.heartbeat_at == clock.at and info.acquired_at == T0 and info.run_id == "r-late"
+    assert info.run_id == "r-late" and info.expires_at > db_now(watcher) + timedelta(seconds=50)
     assert watcher.locks.is_dead(info) is False
     with pytest.raises(LockedError):
         watcher.locks.acquire("fleet", run_id="r2", owner="bob")
     assert info.to_json()["run"] == "r-late"
+
+
+def test_takeover_bumps_the_fence_is_audited_and_fences_the_loser(url: str) -> None:
+    first = Store.open(url)
+    run = make_run(first)
+    token, _ = first.locks.acquire("fleet", run_id=run.id, owner="ann")
+    fence = first.locks.holder("fleet").fence
+    first.runs.set_host(run.id, "h1", state="updating")  # the holder writes
+    set_lock(first, "fleet", hostname="elsewhere", expires_at=db_now(first) - timedelta(seconds=1))
+    second = Store.open(url)
+    second.locks.acquire("fleet", run_id=run.id, owner="bob")
+    assert second.locks.holder("fleet").fence == fence + 1
+    (entry,) = [e for e in second.audit.entries() if e.action == "lock.takeover"]
+    assert entry.actor == "bob" and "lease expired" in entry.reason and "elsewhere" in entry.reason
+    assert entry.details["fence"] == fence and entry.details["new_fence"] == fence + 1
+    # the loser's run-state writes are refused, every one of them, and change nothing
+    for write in (
+        lambda: first.runs.set_host(run.id, "h1", state="done"),
+        lambda: first.runs.set_hosts(run.id, ["h2"], "done"),
+        lambda: first.runs.update(run.id, status="interrupted"),
+        lambda: first.ledger.record(HC, {"h1": "9.9"}, source="fleetctl", run_id=run.id, operator="ann"),
+    ):
+        with pytest.raises(LockedError, match="lost the fleet lock") as info:
+            write()
+        assert "bob" in info.value.message and "elsewhere" not in info.value.message
+    assert second.runs.counts(run.id) == {"updating": 1, "pending": 2}
+    assert second.runs.get(run.id).status == "running" and second.ledger.versions(HC) == {}
+    assert first.locks.heartbeat("fleet", token) is False
+    second.runs.set_host(run.id, "h1", state="done")  # the new holder writes
+    first.locks.release("fleet", token)  # a no-op for the new holder
+    assert second.locks.holder("fleet").owner == "bob"
+
+
+def test_fence_only_grows_across_releases(store: Store) -> None:
+    fences = []
+    for _ in range(3):
+        token, _ = store.locks.acquire("fleet", run_id=None, owner="ann")
+        fences.append(store.locks.holder("fleet").fence)
+        store.locks.release("fleet", token)
+    assert fences == sorted(set(fences)) and len(fences) == 3
+
+
+def test_a_lock_on_this_host_after_a_reboot_is_dead(store: Store, url: str) -> None:
+    store.locks.acquire("fleet", run_id="r1", owner="ann")
+    set_lock(store, "fleet", boot_id="an-earlier-boot")  # our own live pid, but from another boot
+    assert Store.open(url).locks.acquire("fleet", run_id="r2", owner="bob")[1] is not None
+
+
+def test_concurrent_acquires_one_wins(url: str) -> None:
+    """Eight processes race for a fresh lock: exactly one gets it (ON CONFLICT DO NOTHING + FOR UPDATE)."""
+    code = (
+        "import sys; from fleetctl.store import Store; from fleetctl.errors import LockedError\n"
+        "s = Store.open(sys.argv[1])\n"
+        "try:\n    s.locks.acquire('fleet', run_id=None, owner='p'); print('won')\n"
+        "except LockedError:\n    print('locked')\n"
+    )
+    Store.open(url).close()  # migrated once, so that the racers only race for the lock
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, text=True, env=os.environ)
+        for _ in range(8)
+    ]
+    outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outs == ["locked"] * 7 + ["won"], outs
 
 
 def test_release_with_old_token_does_not_free_new_holder(store: Store, url: str) -> None:

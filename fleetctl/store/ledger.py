@@ -127,6 +127,7 @@ class Ledger:
         t, h = schema.ledger, schema.history
         changes: list[Change] = []
         with self.store.tx() as conn:
+            self.store.locks.check(conn)  # a holder that lost the fleet lock records nothing
             known = {
                 r.host: r.version
                 for r in conn.execute(

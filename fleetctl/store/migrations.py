@@ -48,7 +48,20 @@ def _v4_outbox(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=outbox.TABLES)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2_guards, _v3_ansible_groups, _v4_outbox]
+def _v5_leases(conn: Connection) -> None:
+    """The fleet lock becomes a lease with a fencing counter (leases); the old locks table goes. A lock
+    held at upgrade time is not carried over: upgrade with no run in flight (`fleetctl db status`)."""
+    schema.metadata.create_all(conn, tables=[schema.leases])
+    conn.exec_driver_sql("DROP TABLE IF EXISTS locks")
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1,
+    _v2_guards,
+    _v3_ansible_groups,
+    _v4_outbox,
+    _v5_leases,
+]
 
 
 def current_version(conn: Connection) -> int:

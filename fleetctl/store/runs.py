@@ -117,6 +117,7 @@ class Runs:
         now = self.store.now()
         run_id = f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
         with self.store.tx() as conn:
+            self.store.locks.check(conn)  # a holder that lost the fleet lock writes nothing
             conn.execute(
                 schema.runs.insert().values(
                     id=run_id,
@@ -189,6 +190,7 @@ class Runs:
         if values.get("status") in FINISHED and "finished_at" not in values:
             values["finished_at"] = self.store.now()
         with self.store.tx() as conn:
+            self.store.locks.check(conn)
             self.store.outbox.on_run(conn, run_id, values)  # a status change is a notification
             conn.execute(schema.runs.update().where(schema.runs.c.id == run_id).values(**values))
 
@@ -208,6 +210,7 @@ class Runs:
             return
         t = schema.run_hosts
         with self.store.tx() as conn:
+            self.store.locks.check(conn)
             conn.execute(
                 t.update()
                 .where(t.c.run_id == run_id, t.c.host.in_(hosts))
@@ -217,6 +220,7 @@ class Runs:
     def set_host(self, run_id: str, host: str, **values: Any) -> None:
         t = schema.run_hosts
         with self.store.tx() as conn:
+            self.store.locks.check(conn)
             conn.execute(
                 t.update()
                 .where(t.c.run_id == run_id, t.c.host == host)

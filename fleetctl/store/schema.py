@@ -197,3 +197,23 @@ ansible_groups = Table(
     Column("hosts", JSON),
     Column("started_at", UTCDateTime, nullable=False),
 )
+
+# v5: the fleet lock as a lease (store/locks.py). The row stays when released (token NULL) so that the
+# fencing counter only ever grows; expires_at is computed from the database's clock (now() on PostgreSQL).
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("fence", BigInteger, nullable=False),  # +1 at every acquisition; run-state writes carry it
+    Column("token", String(64)),  # NULL: free
+    Column("run_id", String(64)),
+    Column("owner", String(128)),
+    Column("hostname", String(255)),  # the machine (FLEETCTL_HOSTNAME overrides, for tests/containers)
+    Column("boot_id", String(64)),
+    Column("pid", Integer),
+    Column("acquired_at", UTCDateTime),
+    Column("heartbeat_at", UTCDateTime),
+    Column("expires_at", UTCDateTime),
+)
+
+RETIRED_TABLES = frozenset({"locks"})  # created by migration 1, dropped by 5 (replaced by leases)
