@@ -4,6 +4,9 @@
     python benchmarks/bench.py rollback --nodes 30 100 300   # rollback vs rollout, hosts/s, vs plain rollback.yml
     python benchmarks/bench.py probes   --nodes 1000         # one health round: fleetctl vs bare aiohttp/httpx
     python benchmarks/bench.py ssh      --nodes 5            # versions --refresh --via ssh vs facts.yml (needs netns)
+    python benchmarks/bench.py scale-plan   --nodes 10000 100000  # plan: first load vs the inventory index
+    python benchmarks/bench.py scale-status --nodes 100000        # status --json with 100k host rows
+    python benchmarks/bench.py scale-batch  --nodes 100 100000    # one batch's Ansible start-up (benchmarks/scale.py)
 
 Results are printed as a table and appended to benchmarks/results.jsonl.
 """
@@ -21,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import scale  # benchmarks/scale.py, beside this file
 import yaml
 
 from fleetctl.resources import playbooks_dir
@@ -291,13 +295,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("kind", choices=["rollout", "rollback", "probes", "ssh"])
+    scale_kinds = {
+        "scale-plan": scale.bench_plan,
+        "scale-status": scale.bench_status,
+        "scale-batch": scale.bench_batch,
+    }
+    parser.add_argument("kind", choices=["rollout", "rollback", "probes", "ssh", *scale_kinds])
     parser.add_argument("--nodes", type=int, nargs="+", default=None)
     parser.add_argument("--forks", type=int, default=10)
     args = parser.parse_args()
     defaults = {"rollout": [100], "rollback": [30, 100, 300], "probes": [1000], "ssh": [5]}
+    defaults.update({"scale-plan": [10000, 100000], "scale-status": [100000], "scale-batch": [100, 100000]})
     for n in args.nodes or defaults[args.kind]:
-        if args.kind == "rollout":
+        if args.kind in scale_kinds:
+            scale_kinds[args.kind](n, record)
+        elif args.kind == "rollout":
             bench_rollout(n, args.forks)
         elif args.kind == "rollback":
             bench_rollback(n)

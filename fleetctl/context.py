@@ -20,7 +20,8 @@ from fleetctl.config import FleetConfig, find_config, load_config
 from fleetctl.events import Event, EventSink, discard
 from fleetctl.executor import Executor, ExecutorSettings
 from fleetctl.health import Prober
-from fleetctl.inventory import Fleet, load_inventory
+from fleetctl.inventory import Fleet
+from fleetctl.inventory_index import limited_inventory, load_fleet
 from fleetctl.resources import playbooks_dir
 from fleetctl.store import Store
 
@@ -63,7 +64,8 @@ class FleetContext:
 
     @cached_property
     def fleet(self) -> Fleet:
-        return load_inventory(self.config.inventory, vault_password_file=self.config.vault_password_file)
+        cfg = self.config  # the compiled index under the state dir, rebuilt when a source changes
+        return load_fleet(cfg.inventory, vault_password_file=cfg.vault_password_file, state_dir=self.state_dir)
 
     @cached_property
     def store(self) -> Store:
@@ -99,6 +101,7 @@ class FleetContext:
                 work_dir=self.state_dir / "runner",
                 extravars=cfg.playbook_vars(),
                 envvars={**_vault_env(cfg), **cfg.env},
+                inventory_for=lambda hosts: limited_inventory(self.fleet, hosts),
             )
         )
 

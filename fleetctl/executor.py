@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from fleetctl.ansible_env import ANSIBLE_ENV, minimal_env, path_with_ansible, write_vars
+from fleetctl.inventory_index import write_limited
 from fleetctl.orphans import MARKER, AnsibleGroup, launcher_command, terminate
 from fleetctl.units import BadNodeVersion, node_version, shown
 
@@ -74,6 +75,8 @@ class ExecutorSettings:
     envvars: dict[str, str] = field(default_factory=dict)
     keep_artifacts: int = 10
     timeout: int | None = None  # seconds for the whole playbook run
+    # The inventory of exactly these hosts (inventory_index.limited_inventory), or None: the full sources.
+    inventory_for: Callable[[Sequence[str]], dict[str, Any] | None] | None = None
 
 
 class Executor:
@@ -117,6 +120,12 @@ class Executor:
         # Extra vars go through a private file, not the command line (which `ps` shows to everyone).
         vars_file = limit_file.with_name(limit_file.name.replace("limit-", "vars-") + ".yml")
         write_vars(vars_file, s.extravars, extravars or {})
+        inventory: list[Path] = list(s.inventory)
+        limited = s.inventory_for(hosts) if s.inventory_for else None
+        inv_file = limit_file.with_name(limit_file.name.replace("limit-", "inv-") + ".yml")
+        if limited is not None:  # Ansible parses the hosts of this batch, not the whole fleet
+            write_limited(inv_file, limited)
+            inventory = [inv_file]
         pending = {h: _Tracker() for h in hosts}
         group = AnsibleGroup.new(playbook, hosts, self.run_id)
 
@@ -167,7 +176,7 @@ class Executor:
             self.journal.add(group)
         try:
             runner = self._runner(
-                playbook, hosts, forks, limit_file, vars_file, ident, group, handle, cancelled
+                playbook, hosts, forks, limit_file, vars_file, ident, group, handle, cancelled, inventory
             )
             runner.run()
         finally:
@@ -176,6 +185,7 @@ class Executor:
             terminate(group)
             limit_file.unlink(missing_ok=True)
             vars_file.unlink(missing_ok=True)
+            inv_file.unlink(missing_ok=True)
             if self.journal:
                 self.journal.clear(group)
         status, rc = runner.status, runner.rc
@@ -207,6 +217,7 @@ class Executor:
         group: AnsibleGroup,
         handle: Callable[[dict[str, Any]], bool],
         cancelled: Callable[[], bool],
+        inventory: Sequence[Path],
     ) -> Any:
         """ansible-runner's Runner, prepared as ansible_runner.run would, then: a minimal environment
         (ansible_env.minimal_env) and the command under the launcher that dies with us (orphans.py)."""
@@ -219,7 +230,7 @@ class Executor:
             private_data_dir=str(s.work_dir),
             project_dir=str(s.playbooks),
             playbook=playbook,
-            inventory=[str(p) for p in s.inventory],
+            inventory=[str(p) for p in inventory],
             # One argv item, but Ansible splits a limit on whitespace unless it holds a comma.
             limit=f"@{limit_file},",
             forks=max(1, min(forks, len(hosts))),
@@ -269,7 +280,7 @@ def _private_dir(work_dir: Path) -> Path:
 
 def _remove_orphans(work_dir: Path) -> None:
     """Limit and vars files of a process that died (kill -9) before it could remove them."""
-    for path in list(work_dir.glob("limit-*")) + list(work_dir.glob("vars-*")):
+    for path in [*work_dir.glob("limit-*"), *work_dir.glob("vars-*"), *work_dir.glob("inv-*")]:
         pid = path.name.split("-")[1]
         if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
             path.unlink(missing_ok=True)

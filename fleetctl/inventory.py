@@ -78,10 +78,13 @@ class Host:
 class Fleet:
     """The hosts of an inventory, in inventory order, with Ansible pattern selection."""
 
-    def __init__(self, sources: Sequence[Path], manager: Any, hosts: dict[str, Host]) -> None:
+    def __init__(
+        self, sources: Sequence[Path], manager: Any, hosts: dict[str, Host], index: Any = None
+    ) -> None:
         self.sources = list(sources)
-        self._manager = manager
+        self._manager = manager  # Ansible's InventoryManager, or the index's view (inventory_index.py)
         self.hosts = hosts
+        self.index = index  # set when loaded from the compiled index: playbook runs get a small inventory
 
     def __len__(self) -> int:
         return len(self.hosts)
@@ -149,7 +152,7 @@ def load_inventory(sources: Sequence[Path], vault_password_file: Path | None = N
 
     C.INVENTORY_UNPARSED_IS_FAILED = True
     C.INVENTORY_ANY_UNPARSED_IS_FAILED = True
-    loader = _loader() if vault_password_file is None else DataLoader()
+    loader = DataLoader()  # a fresh one: a loader caches the files it read, and they may have changed
     if vault_password_file is not None:
         _set_vault_secret(loader, vault_password_file)
     captured = io.StringIO()
