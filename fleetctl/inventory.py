@@ -125,11 +125,17 @@ class Fleet:
         except InventoryError:
             return str(self.hosts[name].vars.get(key))
 
+    def _fingerprint_var(self, name: str, key: str) -> str:
+        value = self.hosts[name].vars.get(key)
+        if isinstance(value, str) and ("{{" in value or "{%" in value):
+            return self._rendered(name, key)
+        return str(value)
+
     def fingerprint(self, names: Iterable[str] | None = None) -> str:
         """Hash of hosts, group membership and the variables fleetctl reads: changes when the fleet does."""
         chosen = list(self.hosts) if names is None else list(names)
         doc = [
-            [n, list(self.hosts[n].groups), {k: self._rendered(n, k) for k in _FINGERPRINT_VARS}]
+            [n, list(self.hosts[n].groups), {k: self._fingerprint_var(n, k) for k in _FINGERPRINT_VARS}]
             for n in chosen
             if n in self.hosts
         ]

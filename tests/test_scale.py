@@ -33,6 +33,14 @@ PATTERNS = [
     "ring1:ring2:&zone_b",
     "drain",
     "nothing*",
+    "*",
+    "web0?:!web02",
+    "&ring1",
+    "!ring1",
+    "db*,&zone_a",
+    "all:&ring1:!web01:!db*",
+    "ring1:ring2:&zone_a:!canary",
+    "ungrouped",
 ]
 
 
