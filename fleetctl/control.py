@@ -154,6 +154,32 @@ def abort(ctx: FleetContext, ref: str | None = None, wait: float = 0.0) -> RunRe
         ctx.store.locks.release(ctx.lock_name, token)
 
 
+def to_resume(ctx: FleetContext, ref: str | None = None) -> RunRecord:
+    """The run `resume` would continue: `ref`, or the newest paused or interrupted one."""
+    if ref:
+        run = find_run(ctx, ref)
+    else:
+        candidates = unfinished(ctx)
+        if not candidates:
+            raise UsageError("no paused or interrupted run to resume", "list runs with `fleetctl runs`")
+        run = candidates[0]
+    if not resumable(ctx, run):
+        raise UsageError(f"run {run.id} is {run.status}; it cannot be resumed", "see `fleetctl runs`")
+    return run
+
+
+def unfinished(ctx: FleetContext) -> list[RunRecord]:
+    """Runs that stopped before their end and can be resumed (paused, interrupted, a dead holder's)."""
+    return [r for r in ctx.store.runs.list(limit=20, statuses=RESUMABLE) if resumable(ctx, r)]
+
+
+def where(run: RunRecord) -> str:
+    """Where a run stopped, in words: `stopped at stage rest batch 2 (paused: paused by request)`."""
+    at = f"stage {run.stage} batch {run.batch}" if run.stage else "its start"
+    why = f" ({run.status}: {run.status_reason})" if run.status_reason else f" ({run.status})"
+    return f"stopped at {at}{why}"
+
+
 def resume(
     ctx: FleetContext,
     ref: str | None = None,
@@ -162,15 +188,7 @@ def resume(
     engine_ready: Callable[[Engine], None] | None = None,
 ) -> RunRecord:
     """Continue a paused or interrupted run (default: the newest one)."""
-    if ref:
-        run = find_run(ctx, ref)
-    else:
-        candidates = [r for r in ctx.store.runs.list(limit=20, statuses=RESUMABLE) if resumable(ctx, r)]
-        if not candidates:
-            raise UsageError("no paused or interrupted run to resume", "list runs with `fleetctl runs`")
-        run = candidates[0]
-    if not resumable(ctx, run):
-        raise UsageError(f"run {run.id} is {run.status}; it cannot be resumed", "see `fleetctl runs`")
+    run = to_resume(ctx, ref)
     token, dead = ctx.store.locks.acquire(ctx.lock_name, run_id=run.id, owner=ctx.who)
     try:
         if dead:

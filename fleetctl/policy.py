@@ -292,3 +292,22 @@ def audit_if_frozen(
             f"{action}.during_freeze", subject, reason, ctx.who, {"freezes": [c.to_json() for c in causes]}
         )
     return causes
+
+
+def runs_it_pauses(ctx: FleetContext) -> list[RunRecord]:
+    """Rollouts running now whose remaining hosts a freeze covers: they pause before their next batch."""
+    from fleetctl.control import holder_alive
+
+    out = []
+    for run in ctx.store.runs.list(limit=20, statuses=("running",)):
+        pending = [h.host for h in ctx.store.runs.hosts(run.id) if h.state == "pending"]
+        if run.kind == "rollout" and holder_alive(ctx, run) and pending and covering(ctx, pending):
+            if not run.options.get("override_freeze"):
+                out.append(run)
+    return out
+
+
+def runs_waiting(ctx: FleetContext) -> list[RunRecord]:
+    """Rollouts a freeze paused (`frozen: ...`) that wait for `fleetctl resume`."""
+    paused = ctx.store.runs.list(limit=20, statuses=("paused",))
+    return [r for r in paused if (r.status_reason or "").startswith("frozen")]

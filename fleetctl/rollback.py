@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
@@ -164,10 +165,22 @@ def guard(ctx: FleetContext, rb: Rollback) -> None:
 
 
 def newest_changing_rollout(ctx: FleetContext) -> RunRecord:
+    """The rollout that changed a host last (not the one started last: an older run resumed later
+    changed hosts after a newer one)."""
+    best: tuple[datetime, RunRecord] | None = None
     for run in ctx.store.runs.list(limit=200, kind="rollout"):
-        if any(h.state in TOUCHED for h in ctx.store.runs.hosts(run.id)):
-            return run
-    raise UsageError("no rollout in the journal changed any host", "name a run, or use --to VERSION")
+        times = [h.updated_at or run.created_at for h in ctx.store.runs.hosts(run.id) if h.state in TOUCHED]
+        if times and (best is None or max(times) > best[0]):
+            best = (max(times), run)
+    if best is None:
+        raise UsageError("no rollout in the journal changed any host", "name a run, or use --to VERSION")
+    return best[1]
+
+
+def to_retry(ctx: FleetContext) -> RunRecord | None:
+    """The newest rollback with failed hosts (what `rollback --retry-failed` retries), if any."""
+    runs = ctx.store.runs.list(limit=50, kind="rollback")
+    return next((r for r in runs if any(h.state == "failed" for h in ctx.store.runs.hosts(r.id))), None)
 
 
 def prepare(
@@ -336,8 +349,7 @@ def supersede_rollouts(ctx: FleetContext, rollback_id: str) -> None:
 
 def retry_failed(ctx: FleetContext, engine_ready: Callable[[Engine], None] | None = None) -> RunRecord:
     """Run the newest rollback again for just its failed hosts."""
-    runs = ctx.store.runs.list(limit=50, kind="rollback")
-    run = next((r for r in runs if any(h.state == "failed" for h in ctx.store.runs.hosts(r.id))), None)
+    run = to_retry(ctx)
     if run is None:
         raise UsageError("no rollback has failed hosts", "see `fleetctl runs`")
     targets = Plan.from_json(run.plan or {}).targets

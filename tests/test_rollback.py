@@ -40,9 +40,11 @@ def test_rollback_restores_30_nodes_after_a_careless_push(make_sim: Callable[...
             "run": None,
             "kind": "rollback",
             "status": "noop",
+            "version": None,
             "succeeded": [],
             "failed": [],
             "rolled_back": [],
+            "quarantined": None,
             "reason": None,
             "moves": [],
         }
@@ -234,7 +236,7 @@ def test_a_rollback_supersedes_a_paused_rollout(make_sim: Callable[..., Sim], cl
     proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
     wait_for(lambda: host_states(run_status(sim)).get("node-001") == "verifying", what="canary bake")
     cli("pause", env=sim.env)
-    assert proc.wait(timeout=60) == 0
+    assert proc.wait(timeout=60) == 5  # stopped, not finished
     rollout_id = cli.json("status --json", env=sim.env)["run"]["id"]
     cli("rollback --yes", env=sim.env)
     assert set(sim.current().values()) == {"1.0.0"}

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from fleetctl import rollout as rollouts
 from fleetctl.context import FleetContext
@@ -96,10 +97,15 @@ def test_a_run_paused_by_a_freeze_exits_3_and_names_the_freeze(
     sim = make_sim(nodes=3, stages=BAKED)
     proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
     wait_for(lambda: host_states(run_status(sim)).get("node-001") == "verifying", what="canary bake")
-    cli(["freeze", "on", "--reason", "incident 42"], env=sim.env)
+    said = cli(["freeze", "on", "--reason", "incident 42"], env=sim.env).stderr
+    assert "will pause before its next batch" in said, said
     assert proc.wait(timeout=120) == 3
     err = proc.stderr.read() if proc.stderr else ""
     assert "incident 42" in err and "freeze off --reason" in err, err
+    again = cli("resume --yes", env=sim.env, code=3).stderr  # pauses again, with the same advice
+    assert "incident 42" in again and "freeze off --reason" in again, again
+    lifted = cli(["freeze", "off", "--reason", "incident over"], env=sim.env).stderr
+    assert "paused by a freeze is waiting" in lifted and "fleetctl resume" in lifted, lifted
 
 
 def prompt_in_a_terminal(args: list[str], env: dict[str, str], answer: str | None) -> tuple[int, str]:
@@ -141,3 +147,69 @@ def test_no_at_the_prompt_exits_0_with_nothing_done_and_ctrl_c_exits_130(sim: Si
     assert code == 130 and "interrupted" in out, out
     assert cli.json("runs --json", env=sim.env)["runs"] == []
     assert set(sim.current().values()) == {"1.0.0"}
+
+
+def test_retry_failed_with_nothing_to_retry_exits_0_saying_so(sim: Sim, cli: Cli) -> None:
+    assert "nothing to do: no rollback has failed hosts" in cli("rollback --retry-failed", env=sim.env).stderr
+    assert cli.json("rollback --retry-failed --json", env=sim.env)["status"] == "noop"
+
+
+def test_stderr_off_a_terminal_never_wraps(sim: Sim, cli: Cli, tmp_path: Path) -> None:
+    """A long path in a suggested command stays on one line when stderr is not a terminal."""
+    out = tmp_path / ("a-plan-file-with-a-rather-long-name-" * 3 + ".json")
+    err = cli(["plan", "1.1.0", "-o", str(out)], env=sim.env).stderr
+    assert f"`fleetctl rollout --plan {out}`" in err.splitlines()[-1], err
+
+
+def left_interrupted(sim: Sim, version: str = "1.1.0") -> str:
+    """A rollout journaled as a crash leaves it: interrupted in stage rest, batch 1 (no node touched)."""
+    ctx = FleetContext(config_path=sim.config)
+    plan = rollouts.make_plan(ctx, version)
+    hosts = [
+        (h, s.name, i + 1, plan.from_versions.get(h), plan.targets[h])
+        for s in plan.stages
+        for i, b in enumerate(s.batches)
+        for h in b
+    ]
+    run = ctx.store.runs.create(
+        kind="rollout",
+        component=plan.component,
+        target=version,
+        operator="tester",
+        reason=None,
+        plan=plan.to_json(),
+        fingerprint=plan.fingerprint,
+        options={},
+        hosts=hosts,
+    )
+    ctx.store.runs.update(
+        run.id, status="interrupted", status_reason="interrupted by the operator", stage="rest", batch=1
+    )
+    return run.id
+
+
+def test_a_new_rollout_beside_an_interrupted_run_names_it_and_the_resume_prompt_says_where(
+    sim: Sim, cli: Cli
+) -> None:
+    run_id = left_interrupted(sim)
+    err = cli("rollout 1.2.0", env=sim.env, code=2).stderr  # no terminal to ask on, no --yes: refused
+    assert f"run {run_id} (rollout 1.1.0) is unfinished, stopped at stage rest batch 1" in err, err
+    assert f"`fleetctl resume {run_id}`" in err
+    code, out = prompt_in_a_terminal(["resume"], sim.env, "n")
+    assert code == 0 and "nothing done" in out, out
+    assert f"Resume run {run_id} (rollout 1.1.0), stopped at stage rest batch 1 (interrupted" in out, out
+    assert set(sim.current().values()) == {"1.0.0"}
+
+
+def test_quarantined_versions_are_noted_by_plan_and_refused_by_schedule_add(sim: Sim, cli: Cli) -> None:
+    ctx = FleetContext(config_path=sim.config)
+    ctx.store.quarantine.add(
+        ctx.component, "1.2.0", reason="node-001 failed its health gate", run_id=None, by="t"
+    )
+    text = cli("plan 1.2.0", env=sim.env).stdout
+    assert "QUARANTINED: 1.2.0" in text and "node-001 failed its health gate" in text
+    assert cli.json("plan 1.2.0 --json", env=sim.env)["quarantined"]["version"] == "1.2.0"
+    assert "quarantined" in cli("schedule add 1.2.0", env=sim.env, code=3).stderr
+    cli("versions --refresh", env=sim.env)  # the ledger learns that every node runs 1.0.0
+    assert "already runs 1.0.0" in cli("schedule add 1.0.0", env=sim.env, code=2).stderr
+    assert cli.json("schedule list --json", env=sim.env)["queue"] == []

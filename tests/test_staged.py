@@ -117,7 +117,7 @@ def test_pause_then_resume(make_sim: Callable[..., Sim], cli: Cli) -> None:
     proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], sim.env)
     wait_for(lambda: host_states(run_status(sim)).get("node-001") == "verifying", what="canary bake")
     cli("pause", env=sim.env)  # during the canary's bake: it pauses before the next batch
-    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    assert proc.wait(timeout=120) == 5, proc.stderr.read() if proc.stderr else ""  # stopped, not finished
     doc = cli.json("status --json", env=sim.env)
     assert doc["run"]["status"] == "paused" and doc["run"]["reason"] == "paused by request"
     assert sim.current()["node-001"] == "1.1.0" and sim.current()["node-006"] == "1.0.0"

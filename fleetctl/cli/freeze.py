@@ -56,6 +56,11 @@ def on(
         return print_json(freeze.to_json())
     until_text = f" until {policy.fmt_instant(freeze.until)}" if freeze.until else " until lifted"
     st.err.print(f"freeze #{freeze.id} on {freeze.scope}{until_text} by {freeze.created_by}: {freeze.reason}")
+    for run in policy.runs_it_pauses(st.ctx):
+        st.err.print(
+            f"run {run.id} (rollout {run.target}) will pause before its next batch on a frozen host; "
+            f"`fleetctl resume {run.id}` after `fleetctl freeze off --reason TEXT`"
+        )
 
 
 @app.command()
@@ -79,6 +84,11 @@ def off(
         st.err.print(f"lifted freeze #{f.id} on {f.scope} ({f.reason})")
     for cause in after.by:
         st.err.print(f"still frozen by {cause.describe()}")
+    for run in policy.runs_waiting(st.ctx):
+        st.err.print(
+            f"run {run.id} (rollout {run.target}) paused by a freeze is waiting: "
+            f"continue it with `fleetctl resume {run.id}`"
+        )
 
 
 @app.command("list")

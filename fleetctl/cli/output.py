@@ -24,7 +24,11 @@ from fleetctl.context import FleetContext
 
 
 def console(stderr: bool = False, **options: Any) -> Console:
-    """A console that prints data literally (no markup, no emoji codes, no highlighting)."""
+    """A console that prints data literally (no markup, no emoji codes, no highlighting). Off a terminal
+    it never wraps lines (soft wrap): a suggested command or a path stays on one line for a log or grep."""
+    stream = sys.stderr if stderr else sys.stdout
+    if not stream.isatty():
+        options.setdefault("soft_wrap", True)
     return Console(stderr=stderr, markup=False, emoji=False, highlight=False, **options)
 
 

@@ -63,6 +63,11 @@ def rollback(
     if retry_failed:
         if run or to or allow_forward:
             raise UsageError("--retry-failed takes no RUN, --to or --allow-forward", "drop them")
+        if rollbacks.to_retry(st.ctx) is None:  # nothing to retry: say so, exit 0, like plain rollback
+            if json_out:
+                return print_json({**summary(None, "rollback", "noop"), "moves": []})
+            st.err.print("nothing to do: no rollback has failed hosts")
+            return
         confirm(st, yes, lambda: None, "Retry the failed hosts of the newest rollback?")
         with running(st, json_out) as (renderer, ready):
             st.ctx.events = renderer

@@ -68,9 +68,16 @@ def plan(
     if output:
         output.write_text(json.dumps(p.to_json(), indent=2) + "\n")
     frozen = policy.covering(st.ctx, p.hosts)
+    quarantined = st.ctx.store.quarantine.get(st.ctx.component, version)
     if json_out:
-        return print_json({**p.to_json(), "frozen_by": [c.to_json() for c in frozen]})
+        q = quarantined.to_json() if quarantined else None
+        return print_json({**p.to_json(), "frozen_by": [c.to_json() for c in frozen], "quarantined": q})
     show_plan(st, p)
+    if quarantined:
+        st.out.print(
+            f"QUARANTINED: {version} since {when(quarantined.created_at)} (run {quarantined.run_id}): "
+            f"{quarantined.reason} (a rollout would be refused, exit 3)"
+        )
     for cause in frozen:
         st.out.print(f"FROZEN: {cause.describe()} (a rollout would be refused, exit 3)")
     if output:
@@ -131,7 +138,15 @@ def rollout(
             return print_json(summary(None, "rollout", "noop"))
         st.err.print(f"nothing to do: {skipped_summary(p) or 'no host selected'}")
         return
-    confirm(st, yes, lambda: show_plan(st, p), f"Roll {p.version} out to {len(p.hosts)} host(s)?")
+    question = f"Roll {p.version} out to {len(p.hosts)} host(s)?"
+    for other in control.unfinished(st.ctx):  # a new run beside one left unfinished: name it
+        note = (
+            f"run {other.id} ({other.kind} {other.target or ''}) is unfinished, {control.where(other)}; "
+            f"`fleetctl resume {other.id}` continues it"
+        )
+        st.err.print(f"note: {note}")
+        question = f"Roll {p.version} out to {len(p.hosts)} host(s) beside run {other.id}?"
+    confirm(st, yes, lambda: show_plan(st, p), question)
     with running(st, json_out) as (renderer, ready):
         st.ctx.events = renderer
         run = rollouts.start(st.ctx, p, reason=reason, options=options, engine_ready=ready)
@@ -388,7 +403,10 @@ def resume(
 ) -> None:
     """Continue a paused or interrupted run (default: the newest). Hosts left mid-update are re-checked first."""
     st = state(ctx)
-    confirm(st, yes, lambda: None, "Resume the run?")
+    r = control.to_resume(st.ctx, run)
+    what = f"{r.kind} {r.target}" if r.target else r.kind
+    confirm(st, yes, lambda: None, f"Resume run {r.id} ({what}), {control.where(r)}?")
+    run = r.id
     with running(st, json_out) as (renderer, ready):
         st.ctx.events = renderer
         r = control.resume(st.ctx, run, engine_ready=ready)
