@@ -96,7 +96,11 @@ def load_fleet(
     doc = _read(path)
     if doc is not None and doc.get("key") == key and doc.get("format") == FORMAT:
         return fleet_from_index(doc, sources, vault_password_file)
-    text = json.dumps(build_index(load_inventory(sources, vault_password_file), key), separators=(",", ":"))
+    try:
+        doc = compile_index(sources, key)  # no vault secret at all: nothing can be decrypted on the way
+    except Exception:  # noqa: BLE001 - the full loader says what is wrong (InventoryError), or copes
+        doc = build_index(load_inventory(sources, vault_password_file), key)
+    text = json.dumps(doc, separators=(",", ":"))
     write_index(path, text)
     # The same view as every later command, in plain types (no Ansible tags left on names and values).
     return fleet_from_index(json.loads(text), sources, vault_password_file)
@@ -135,6 +139,101 @@ def build_index(fleet: Fleet, key: str) -> dict[str, Any]:
         "groups": groups,
         "files": [json.loads(f) for f in files],
     }
+
+
+_PRECEDENCE = [
+    "all_inventory",
+    "groups_inventory",
+    "all_plugins_inventory",
+    "all_plugins_play",
+    "groups_plugins_inventory",
+    "groups_plugins_play",
+]
+
+
+def compile_index(sources: Sequence[Path], key: str) -> dict[str, Any]:
+    """The index straight from Ansible's InventoryManager, with each host's variables merged as Ansible's
+    VariableManager does (group vars by depth and priority, the vars plugins of the inventory sources,
+    host vars) but computed once per distinct set of groups, and without Ansible's defensive deep copies
+    (of the whole parsed file, and of every host's facts). Raises on anything unusual (the caller then
+    loads the classic way): non-default precedence or vars plugins, a loading error, no host."""
+    from ansible import constants as C
+    from ansible.inventory.helpers import get_group_vars, sort_groups
+    from ansible.inventory.manager import InventoryManager
+    from ansible.utils.vars import combine_vars
+    from ansible.vars.plugins import get_vars_from_inventory_sources
+
+    from fleetctl.inventory import _quiet
+
+    if list(C.VARIABLE_PRECEDENCE) != _PRECEDENCE or list(C.VARIABLE_PLUGINS_ENABLED) != ["host_group_vars"]:
+        raise RuntimeError("non-default variable precedence or vars plugins")
+    C.INVENTORY_UNPARSED_IS_FAILED = True
+    C.INVENTORY_ANY_UNPARSED_IS_FAILED = True
+    loader = _index_loader([str(Path(s).resolve()) for s in sources])
+    with _quiet():
+        manager = InventoryManager(loader=loader, sources=[str(s) for s in sources])
+        srcs = manager._sources
+
+        def plugins(entities: list[Any]) -> dict[str, Any]:
+            return get_vars_from_inventory_sources(loader, srcs, entities, "task")
+
+        all_group = manager.groups["all"]
+        host_vars_dirs = any(
+            (Path(p) / "host_vars").is_dir() if Path(p).is_dir() else (Path(p).parent / "host_vars").is_dir()
+            for p in srcs
+        )
+        by_groups: dict[tuple[str, ...], dict[str, Any]] = {}
+        hosts_doc = []
+        group_names = sorted(str(g) for g in manager.groups)
+        gidx = {g: i for i, g in enumerate(group_names)}
+        hidx: dict[str, int] = {}
+        files: dict[tuple[str, str], int] = {}
+        for h in manager.get_hosts("all"):
+            groups = sort_groups([g for g in h.get_groups() if g.name != "all"])
+            gkey = tuple(g.name for g in groups)
+            base = by_groups.get(gkey)
+            if base is None:
+                base = combine_vars(all_group.get_vars(), get_group_vars(groups))  # all, groups inventory
+                base = combine_vars(base, plugins([all_group]))  # all_plugins_inventory (play ones: none)
+                base = by_groups[gkey] = combine_vars(base, plugins(groups))  # groups_plugins_inventory
+            hv = combine_vars(base, h.get_vars())
+            if host_vars_dirs:
+                hv = combine_vars(hv, plugins([h]))
+            encoded, special = _encode_vars({k: v for k, v in hv.items() if k not in _MAGIC})
+            name = str.__str__(h.name)
+            where = (str(h.vars.get("inventory_file")), str(h.vars.get("inventory_dir")))
+            fidx = files.setdefault(where, len(files))
+            names = sorted(str.__str__(g.name) for g in h.get_groups())
+            groups_of = [gidx[g] for g in names if g not in ("all", "ungrouped")]
+            hidx[name] = len(hosts_doc)
+            hosts_doc.append([name, groups_of, encoded, int(special), fidx])
+        if not hosts_doc:
+            raise RuntimeError("no hosts")
+        groups_doc = [[g, [hidx[h.name] for h in manager.groups[g].get_hosts()]] for g in group_names]
+    return {"format": FORMAT, "key": key, "hosts": hosts_doc, "groups": groups_doc, "files": list(files)}
+
+
+def _index_loader(source_files: list[str]) -> Any:
+    """A DataLoader without vault secrets that returns what it parsed without deep-copying it (the index
+    only reads it) and answers the `auto` plugin's probe of a source file (checked to hold no `plugin:`
+    line by source_key) without parsing it a second time."""
+    from ansible.parsing.dataloader import DataLoader
+
+    class _Loader(DataLoader):
+        def load_from_file(
+            self,
+            file_name: str,
+            cache: str = "all",
+            unsafe: bool = False,
+            json_only: bool = False,
+            trusted_as_template: bool = False,
+        ) -> Any:
+            if not trusted_as_template and cache == "none" and os.path.realpath(file_name) in sources:
+                return {}  # the auto plugin's probe: not a plugin config, the yaml plugin parses it
+            return super().load_from_file(file_name, cache, True, json_only, trusted_as_template)
+
+    sources = {os.path.realpath(s) for s in source_files}
+    return _Loader()
 
 
 def write_index(path: Path, text: str) -> None:

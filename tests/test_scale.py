@@ -174,3 +174,16 @@ def test_rollout_and_rollback_run_on_the_inventory_of_each_batch(make_sim: objec
     assert set(sim.current().values()) == {"1.0.0"}
     assert not list((state / "runner").glob("inv-*"))  # removed after each run
     assert yaml.safe_load(sim.info.inventory.read_text())["all"]["hosts"].keys() == set(sim.nodes)
+
+
+def test_compiled_index_equals_ansibles_variable_manager(tmp_path: Path) -> None:
+    """The fast build (vars merged once per set of groups, no deep copies) gives exactly the document the
+    classic one does (Ansible's VariableManager per host), vaulted value included."""
+    d = inventory_dir(tmp_path)
+    (tmp_path / "v").mkdir()
+    inv, _ = vault_setup(tmp_path / "v")
+    sources = [d / "inv.yml", inv]
+    fast = json.loads(json.dumps(inventory_index.compile_index(sources, "k")))
+    classic = json.loads(json.dumps(inventory_index.build_index(load_inventory(sources), "k")))
+    assert fast == classic
+    assert any(row[3] for row in fast["hosts"])  # the vaulted and unsafe values went through the encoder
