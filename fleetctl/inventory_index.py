@@ -183,7 +183,7 @@ def compile_index(sources: Sequence[Path], key: str) -> dict[str, Any]:
             for p in srcs
         )
         by_groups: dict[tuple[str, ...], dict[str, Any]] = {}
-        hosts_doc = []
+        hosts_doc: list[list[Any]] = []
         group_names = sorted(str(g) for g in manager.groups)
         gidx = {g: i for i, g in enumerate(group_names)}
         hidx: dict[str, int] = {}
