@@ -156,7 +156,7 @@ def test_a_dead_receiver_changes_nothing_in_the_run_and_gets_the_events_later(
     assert set(sim.current().values()) == {"1.0.0"}
     assert [q["version"] for q in cli.json("quarantine list --json", env=sim.env)["quarantine"]] == ["2.0.0"]
     rows = cli.json("notify list --json", env=sim.env)["outbox"]
-    assert rows and all(r["status"] == "pending" and r["attempts"] <= 1 for r in rows)
+    assert rows and all(r["status"] == "pending" for r in rows)  # tried, recorded, waiting for a retry
     error = {"refused": "cannot reach", "500": "HTTP 500: internal", "hang": "no answer within"}[dead]
     tried = [r for r in rows if r["attempts"]]
     assert tried and all(error in r["last_error"] for r in tried)
