@@ -251,6 +251,12 @@ class MetricsConfig(_Model):
     textfile: Path | None = None  # node_exporter textfile, rewritten atomically (relative to fleet.yml)
 
 
+class ExecutionConfig(_Model):
+    """How a batch runs: `shards` parallel ansible-runner jobs, each on a round-robin slice of it."""
+
+    shards: int = Field(1, ge=1, le=64)
+
+
 class FleetConfig(_Model):
     path: Path  # the fleet.yml this came from (set by the loader)
     name: str | None = None  # the fleet's name in notifications and metrics; default: fleet.yml's directory
@@ -272,6 +278,7 @@ class FleetConfig(_Model):
     notify: NotifyTargets = []  # where events go (fleetctl.notify)
     metrics: MetricsConfig = MetricsConfig()
     lock: LockConfig = LockConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     @field_validator("vars")
     @classmethod

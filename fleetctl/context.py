@@ -65,7 +65,9 @@ class FleetContext:
     @cached_property
     def fleet(self) -> Fleet:
         cfg = self.config  # the compiled index under the state dir, rebuilt when a source changes
-        return load_fleet(cfg.inventory, vault_password_file=cfg.vault_password_file, state_dir=self.state_dir)
+        return load_fleet(
+            cfg.inventory, vault_password_file=cfg.vault_password_file, state_dir=self.state_dir
+        )
 
     @cached_property
     def store(self) -> Store:
@@ -94,16 +96,19 @@ class FleetContext:
 
     def executor(self) -> Executor:
         cfg = self.config
-        return Executor(
-            ExecutorSettings(
-                inventory=cfg.inventory,
-                playbooks=cfg.playbooks or playbooks_dir(),
-                work_dir=self.state_dir / "runner",
-                extravars=cfg.playbook_vars(),
-                envvars={**_vault_env(cfg), **cfg.env},
-                inventory_for=lambda hosts: limited_inventory(self.fleet, hosts),
-            )
+        settings = ExecutorSettings(
+            inventory=cfg.inventory,
+            playbooks=cfg.playbooks or playbooks_dir(),
+            work_dir=self.state_dir / "runner",
+            extravars=cfg.playbook_vars(),
+            envvars={**_vault_env(cfg), **cfg.env},
+            inventory_for=lambda hosts: limited_inventory(self.fleet, hosts),
         )
+        if cfg.execution.shards > 1:  # parallel ansible-runner jobs, one per slice of each batch
+            from fleetctl.execution import ShardedExecutor
+
+            return ShardedExecutor(settings, cfg.execution.shards)
+        return Executor(settings)
 
     def prober(self, executor: Executor | None = None) -> Prober:
         """The configured health probes; ssh probes go through fleetctl's paramiko client."""
