@@ -9,12 +9,34 @@ from typing import Any
 
 from fleetctl.context import FleetContext
 from fleetctl.engine import Checkpoint, Engine
-from fleetctl.errors import UsageError
+from fleetctl.errors import LockedError, UsageError
 from fleetctl.plan import Plan
 from fleetctl.store.controls import QuarantineEntry
 from fleetctl.store.runs import ACTIVE, RunHost, RunRecord
 
 RESUMABLE = ("paused", "interrupted", "running", "halted", "aborted")
+
+
+ENDED = ("done", "failed", "rolled_back", "skipped")
+
+
+def remaining_seconds(plan: Plan, hosts: list[RunHost], elapsed: float) -> float:
+    """The one ETA model: the plan's estimate (Plan.batch_seconds) of the batches not yet finished,
+    scaled by the pace so far (time taken over the estimate of the batches finished). Before any batch
+    finished: the plan's estimate less the time spent, as `plan` showed it."""
+    states = {h.host: h.state for h in hosts}
+    done = left = 0.0
+    for stage in plan.stages:
+        for batch in stage.batches:
+            seconds = plan.batch_seconds(stage, batch)
+            if all(states.get(h) in ENDED for h in batch):
+                done += seconds
+            else:
+                left += seconds
+    if done <= 0:
+        return max(0.0, left - elapsed)
+    pace = min(4.0, max(0.25, elapsed / done))
+    return left * pace
 
 
 def failed_hosts(hosts: list[RunHost]) -> list[dict[str, Any]]:
@@ -55,17 +77,13 @@ class RunStatus:
         return sum(1 for h in self.hosts if h.state in ("done", "failed", "rolled_back", "skipped"))
 
     def eta_seconds(self) -> float | None:
-        """Remaining time at the pace so far (plan estimate when nothing has finished yet)."""
-        total = len(self.hosts)
-        if not total or self.run.status not in ("running",):
+        """Remaining time of a running run: see `remaining_seconds` (None when it is not running)."""
+        if not self.hosts or self.run.status not in ("running",) or not self.run.plan:
             return None
         started = self.run.started_at or self.run.created_at
-        elapsed = (self.now - started).total_seconds()
-        done = self.finished
-        if done == 0:
-            plan = Plan.from_json(self.run.plan) if self.run.plan else None
-            return max(0.0, plan.estimate_seconds() - elapsed) if plan else None
-        return max(0.0, elapsed / done * (total - done))
+        return remaining_seconds(
+            Plan.from_json(self.run.plan), self.hosts, (self.now - started).total_seconds()
+        )
 
     def to_json(self) -> dict[str, Any]:
         run = self.run.to_json()
@@ -156,6 +174,12 @@ def abort(ctx: FleetContext, ref: str | None = None, wait: float = 0.0) -> RunRe
 
 def to_resume(ctx: FleetContext, ref: str | None = None) -> RunRecord:
     """The run `resume` would continue: `ref`, or the newest paused or interrupted one."""
+    holder = ctx.store.locks.holder(ctx.lock_name)
+    if holder and not ctx.store.locks.is_dead(holder):  # a live holder (another machine: a live lease)
+        raise LockedError(
+            f"another run holds the fleet lock: {holder.describe()}",
+            "wait for it, watch it with `fleetctl status`, or stop it with `fleetctl abort`",
+        )
     if ref:
         run = find_run(ctx, ref)
     else:
