@@ -64,13 +64,13 @@ class Plan:
         return next(s for s in self.stages if host in s.hosts)
 
     def estimate_seconds(self) -> float:
-        total = 0.0
-        for stage in self.stages:
-            for batch in stage.batches:
-                waves = math.ceil(len(batch) / max(1, self.forks))
-                cpu = len(batch) * self.tasks_per_host * SECONDS_PER_HOST_TASK / CORES
-                total += RUN_OVERHEAD + max(cpu, waves * 1.0) + stage.bake
-        return total
+        return sum(self.batch_seconds(stage, batch) for stage in self.stages for batch in stage.batches)
+
+    def batch_seconds(self, stage: StagePlan, batch: list[str]) -> float:
+        """The one ETA model (plan, the live bar and `status` share it): one batch and its stage's bake."""
+        waves = math.ceil(len(batch) / max(1, self.forks))
+        cpu = len(batch) * self.tasks_per_host * SECONDS_PER_HOST_TASK / CORES
+        return RUN_OVERHEAD + max(cpu, waves * 1.0) + stage.bake
 
     def to_json(self) -> dict[str, Any]:
         doc = _core(self)

@@ -94,9 +94,9 @@ def _sync(ctx: FleetContext) -> None:
 
 
 def queue_list(ctx: FleetContext) -> list[QueueItem]:
-    """Queued and started items, oldest first."""
+    """Queued, started and blocked items, oldest first (a blocked one's reason is in the audit log)."""
     _sync(ctx)
-    return ctx.store.queue.list(ctx.component)
+    return ctx.store.queue.list(ctx.component, statuses=("queued", "started", "blocked"))
 
 
 def queue_remove(ctx: FleetContext, qid: int) -> QueueItem:
@@ -104,7 +104,7 @@ def queue_remove(ctx: FleetContext, qid: int) -> QueueItem:
     item = ctx.store.queue.get(qid)
     if item is None or item.component != ctx.component or item.status == "removed":
         raise UsageError(f"no queued rollout with id {qid}", "see `fleetctl schedule list`")
-    if item.status != "queued":
+    if item.status not in ("queued", "blocked"):
         raise UsageError(
             f"queue item {qid} already {item.status} run {item.run_id}",
             f"stop the run with `fleetctl abort {item.run_id}`" if item.status == "started" else None,
@@ -224,14 +224,22 @@ def _tick_runs(ctx: FleetContext, engine_ready: Callable[[Engine], None] | None)
         run = control.resume(ctx, resumable.id, checkpoints=checkpoints, engine_ready=engine_ready)
         _sync(ctx)
         return TickOutcome("resumed", _ended("resumed", run), run)
-    item, later = _due(ctx, now)
-    if item is None:
-        if later is not None:
-            return TickOutcome(
-                "nothing", f"nothing to do: queue item {later.id} is not due before {fmt(later.not_before)}"
-            )
-        return TickOutcome("nothing", "nothing to do: queue empty")
-    plan = rollouts.make_plan(ctx, item.version, item.pattern)
+    while True:  # a blocked item is marked (audited) and skipped: the rest of the queue goes on
+        item, later = _due(ctx, now)
+        if item is None:
+            if later is not None:
+                return TickOutcome(
+                    "nothing",
+                    f"nothing to do: queue item {later.id} is not due before {fmt(later.not_before)}",
+                )
+            return TickOutcome("nothing", "nothing to do: queue empty")
+        plan = rollouts.make_plan(ctx, item.version, item.pattern)
+        blocked = _blocked(ctx, plan)
+        if blocked is None:
+            break
+        ctx.store.queue.set(item.id, status="blocked")
+        ctx.store.audit.record("schedule.blocked", item.version, blocked, ctx.who, {"id": item.id})
+        ctx.emit("message", None, text=f"queue item {item.id} ({item.version}) skipped: {blocked}")
     causes = policy.covering(ctx, plan.hosts, now)
     if causes:
         return TickOutcome("nothing", f"nothing to do: frozen by {causes[0].describe()}")
@@ -241,6 +249,17 @@ def _tick_runs(ctx: FleetContext, engine_ready: Callable[[Engine], None] | None)
             "nothing", f"queue item {item.id}: every selected host already runs {item.version}"
         )
     return _start(ctx, item, plan, checkpoints, engine_ready)
+
+
+def _blocked(ctx: FleetContext, plan: Plan) -> str | None:
+    """Why a queued rollout can never start as it is (quarantined, not in the artifact store), or None."""
+    assert plan.version
+    try:
+        rollouts.refuse_quarantined(ctx, plan.version)
+        rollouts.require_published(ctx, plan)
+    except (QuarantinedError, UsageError) as exc:
+        return exc.message
+    return None
 
 
 def _start(

@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from fleetctl import control
 from fleetctl import rollout as rollouts
 from fleetctl.context import FleetContext
+from fleetctl.store.runs import RunHost
 from tests.conftest import FLEETCTL, TWO_BATCHES, Cli, Sim, fleetctl_proc, host_states, run_status, wait_for
 from tests.health_stub import HealthStub
 
@@ -161,7 +163,7 @@ def test_stderr_off_a_terminal_never_wraps(sim: Sim, cli: Cli, tmp_path: Path) -
     assert f"`fleetctl rollout --plan {out}`" in err.splitlines()[-1], err
 
 
-def left_interrupted(sim: Sim, version: str = "1.1.0") -> str:
+def left_interrupted(sim: Sim, version: str = "1.1.0", status: str = "interrupted") -> str:
     """A rollout journaled as a crash leaves it: interrupted in stage rest, batch 1 (no node touched)."""
     ctx = FleetContext(config_path=sim.config)
     plan = rollouts.make_plan(ctx, version)
@@ -182,9 +184,8 @@ def left_interrupted(sim: Sim, version: str = "1.1.0") -> str:
         options={},
         hosts=hosts,
     )
-    ctx.store.runs.update(
-        run.id, status="interrupted", status_reason="interrupted by the operator", stage="rest", batch=1
-    )
+    why = "interrupted by the operator" if status == "interrupted" else None
+    ctx.store.runs.update(run.id, status=status, status_reason=why, stage="rest", batch=1)
     return run.id
 
 
@@ -213,3 +214,45 @@ def test_quarantined_versions_are_noted_by_plan_and_refused_by_schedule_add(sim:
     cli("versions --refresh", env=sim.env)  # the ledger learns that every node runs 1.0.0
     assert "already runs 1.0.0" in cli("schedule add 1.0.0", env=sim.env, code=2).stderr
     assert cli.json("schedule list --json", env=sim.env)["queue"] == []
+
+
+def test_tick_skips_a_blocked_queue_item_marking_why_and_goes_on(sim: Sim, cli: Cli) -> None:
+    from tests.test_schedule import open_now
+
+    sim.write_config(maintenance=open_now())
+    cli("schedule add 1.1.0", env=sim.env)
+    cli("schedule add 1.2.0 -l canary", env=sim.env)
+    ctx = FleetContext(config_path=sim.config)
+    ctx.store.quarantine.add(ctx.component, "1.1.0", reason="found bad after queueing", run_id=None, by="t")
+    result = cli("tick", env=sim.env)  # before: exit 3 on item 1 at every tick, item 2 never ran
+    assert "queue item 1 (1.1.0) skipped:" in result.stderr, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("started run "), result.stdout
+    assert sim.current()["node-001"] == "1.2.0"
+    items = {i["id"]: i["status"] for i in cli.json("schedule list --json", env=sim.env)["queue"]}
+    assert items[1] == "blocked"
+    [blocked] = [
+        e for e in cli.json("audit --json", env=sim.env)["audit"] if e["action"] == "schedule.blocked"
+    ]
+    assert blocked["subject"] == "1.1.0" and "quarantined" in blocked["reason"]
+
+
+def test_one_eta_model_for_plan_bar_and_status_and_none_once_interrupted(sim: Sim, cli: Cli) -> None:
+    ctx = FleetContext(config_path=sim.config)
+    plan = rollouts.make_plan(ctx, "1.1.0")
+    hosts = [
+        RunHost("r", h, i, s.name, 1, "pending", "1.0.0", "1.1.0")
+        for i, (s, h) in enumerate((s, h) for s in plan.stages for h in s.hosts)
+    ]
+    assert control.remaining_seconds(plan, hosts, 0.0) == plan.estimate_seconds()  # what `plan` says
+    first = plan.stages[0]
+    done = [RunHost(**{**vars(h), "state": "done"}) if h.host in first.batches[0] else h for h in hosts]
+    taken = plan.batch_seconds(first, first.batches[0])
+    left = plan.estimate_seconds() - taken
+    assert control.remaining_seconds(plan, done, taken) == left  # on pace: the plan's estimate of the rest
+    assert control.remaining_seconds(plan, done, 2 * taken) == 2 * left  # twice as slow: twice as long
+    assert control.remaining_seconds(plan, [RunHost(**{**vars(h), "state": "done"}) for h in hosts], 9.0) == 0
+
+    left_interrupted(sim, status="running")  # a run whose process died: running in the journal, no holder
+    doc = cli.json("status --json", env=sim.env)["run"]
+    assert doc["status"] == "interrupted" and doc["eta_seconds"] is None
+    assert "eta" not in cli("status", env=sim.env).stdout

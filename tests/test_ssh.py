@@ -21,7 +21,17 @@ from fleetctl.inventory import Fleet, load_inventory
 from fleetctl.sim import fleet as simfleet
 from fleetctl.ssh import SshClient, probe_runner, read_versions, version_of
 from fleetctl.units import BadNodeVersion
-from tests.conftest import Cli, Sim, fast_policy
+from tests.conftest import Cli, Sim, fast_policy, need
+
+NEEDS_OPENSSH = "the SSH tests need OpenSSH (sshd and ssh): apt-get install openssh-server openssh-client"
+
+
+def need_openssh() -> None:
+    """Skip with the reason when OpenSSH is missing; under CI (CI set) fail instead: CI runs them all."""
+    from fleetctl.sim.sshd import ssh_bin, sshd_bin
+
+    need(sshd_bin() is not None and ssh_bin() is not None, NEEDS_OPENSSH)
+
 
 pytestmark = pytest.mark.ssh
 
@@ -41,6 +51,7 @@ def say(request: pytest.FixtureRequest, text: str) -> None:
 
 @pytest.fixture
 def ssh_sim(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
+    need_openssh()
     d = tmp_path_factory.mktemp("ssh") / "sim"
     info = simfleet.create(d, 4, 20.0, ssh=True)
     try:
@@ -101,9 +112,10 @@ def test_changed_host_key_is_refused_before_anything_runs(ssh_sim: Sim, cli: Cli
 def test_a_cut_link_is_unreachable_within_the_timeout_and_the_budget_decides(ssh_sim: Sim, cli: Cli) -> None:
     hosts = simfleet.ssh_hosts(ssh_sim.dir)
     assert hosts is not None
-    if ssh_sim.info.ssh_mode != "netns":
-        pytest.fail(
-            f"links can only be cut in netns mode; this machine fell back: {ssh_sim.info.fallback_reason}"
+    if ssh_sim.info.ssh_mode != "netns":  # skipped locally with the reason; a failure under CI
+        need(
+            False,
+            f"links can only be cut in netns mode; this machine fell back: {ssh_sim.info.fallback_reason}",
         )
     ssh_sim.write_config(
         rollout=fast_policy(
@@ -155,6 +167,7 @@ def sshd_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One real sshd on loopback; these tests only run commands on it (nothing is changed)."""
     from fleetctl.sim.sshhosts import create_ssh_hosts
 
+    need_openssh()
     hs = create_ssh_hosts(tmp_path_factory.mktemp("sshd"), ["solo"], netns=False)
     try:
         yield hs

@@ -86,7 +86,8 @@ def test_a_whole_run_in_the_live_view_speaks_in_words(make_sim: Callable[..., Si
         "health gate of stage canary passed: 1 host healthy",
         "stage rest batch 1 finished:",
         "succeeded",
-        "3/3",
+        "3/3",  # the bar ends full
+        "eta ",  # the ETA of the one model (plan, bar, status)
         "3 host(s) ok, 0 failed",
     ):
         assert said in text, f"{said!r} not in:\n{text}"

@@ -29,6 +29,9 @@ PLAIN_SILENT = {"bake.tick", "batch.started", "guard.round"}
 
 # What a rollback restores, for a run id: "1.0.0" or "1.0.0 on 2 host(s), 1.1.0 on 1 host(s)".
 Restores = Callable[[str], str | None]
+# A run's remaining seconds from the journal, by the one ETA model (fleetctl.control.remaining_seconds).
+Eta = Callable[[str], float | None]
+ETA_AFTER = {"host.result", "batch.finished", "gate.passed", "bake.started", "run.resumed"}
 
 
 def _n(count: object, what: str, plural: str | None = None) -> str:
@@ -193,10 +196,13 @@ def sentence(event: Event, restores: Restores | None = None) -> str:
 class Renderer:
     """An EventSink. mode: 'json' | 'live' | 'plain'. `restores` names what a rollback run restores."""
 
-    def __init__(self, mode: str, err: Console | None = None, restores: Restores | None = None) -> None:
+    def __init__(
+        self, mode: str, err: Console | None = None, restores: Restores | None = None, eta: Eta | None = None
+    ) -> None:
         self.mode = mode
         self.err = err or console(stderr=True)
         self.restores = restores
+        self.eta = eta
         self.progress: Progress | None = None
         self.task: Any = None
         self.total = 0
@@ -204,11 +210,11 @@ class Renderer:
         self.started = time.monotonic()
 
     @classmethod
-    def choose(cls, json_out: bool, restores: Restores | None = None) -> Renderer:
+    def choose(cls, json_out: bool, restores: Restores | None = None, eta: Eta | None = None) -> Renderer:
         if json_out:
             return cls("json")
         live = sys.stderr.isatty() and sys.stdout.isatty()
-        return cls("live" if live else "plain", restores=restores)
+        return cls("live" if live else "plain", restores=restores, eta=eta)
 
     def __enter__(self) -> Renderer:
         return self
@@ -248,6 +254,7 @@ class Renderer:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}", markup=False),
                 TimeElapsedColumn(),
+                TextColumn("{task.fields[eta]}", markup=False),
                 TextColumn("{task.fields[note]}", markup=False),
                 console=self.err,
                 transient=False,
@@ -255,13 +262,16 @@ class Renderer:
             )
             self.progress.start()
             label = "rollback" if d.get("kind") == "rollback" else f"{d.get('kind', 'run')} {_version(d)}"
-            self.task = self.progress.add_task(label.strip(), total=self.total, rate="", note="")
+            self.task = self.progress.add_task(label.strip(), total=self.total, rate="", note="", eta="")
+            self._eta(event)
             self.progress.console.print(self._line(event))
             return
         if not self.progress:
             if event.kind not in ("bake.tick", "guard.round"):
                 self.err.print(self._line(event))
             return
+        if event.kind in ETA_AFTER:
+            self._eta(event)
         if event.kind == "host.result":
             self.finished.add(d["host"])
             rate = len(self.finished) / max(0.001, time.monotonic() - self.started)
@@ -285,10 +295,17 @@ class Renderer:
         elif event.kind == "run.finished":
             if d.get("status") == "succeeded":  # the bar ends full: hosts re-checked count too
                 self.progress.update(self.task, completed=self.progress.tasks[-1].total or 0)
-            self.progress.update(self.task, note="")
+            self.progress.update(self.task, note="", eta="")
             self.progress.console.print(self._line(event))
         else:
             self.progress.console.print(self._line(event))
 
     def _line(self, event: Event) -> str:
         return sentence(event, self.restores)
+
+    def _eta(self, event: Event) -> None:
+        """The bar's ETA, from the journal by the same model as `plan` and `status` (none once ended)."""
+        if not self.progress or not self.eta or not event.run_id:
+            return
+        seconds = self.eta(event.run_id)
+        self.progress.update(self.task, eta=f"eta {format_duration(seconds)}" if seconds is not None else "")

@@ -188,7 +188,11 @@ def running(st: CliState, json_out: bool):  # type: ignore[no-untyped-def]
             raise KeyboardInterrupt
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    renderer = Renderer.choose(json_out, restores=lambda run_id: restored_by(st, run_id))
+    renderer = Renderer.choose(
+        json_out,
+        restores=lambda run_id: restored_by(st, run_id),
+        eta=lambda run_id: control.status(st.ctx, run_id).eta_seconds(),
+    )
     try:
         with renderer:
             yield renderer, engines.append
