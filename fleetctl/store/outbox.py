@@ -3,7 +3,7 @@ change it reports, delivered later by fleetctl.notify_send outside the engine's 
 
 Journal changes become public events here: a run's status change (`Runs.update` calls `on_run`), an
 audit entry (`Audit.write` calls `on_audit`: freezes, quarantine, overrides, lock takeovers, guard trips)
-and a few engine events with no status change of their own (`add`, from fleetctl.notify). A row's `key`
+and a few engine events with no status change of their own (`run_event`, from fleetctl.notify.record). A row's `key`
 names the event once: a resumed run that reports the same change again inserts nothing (one delivery
 per event and target). A sender claims a row with a conditional UPDATE before sending it.
 """
