@@ -335,8 +335,9 @@ def kill_trial(seed: int, nodes: int) -> Tally:
     try:
         start = fleet.disk()
         if kind == "rollback":  # a finished rollout to revert
-            if fleet.run("rollout", "1.1.0", "--yes").code != 0:
-                t.note("unhandled", f"{what}: the setup rollout failed")
+            setup = fleet.run("rollout", "1.1.0", "--yes")
+            if setup.code != 0:
+                t.note("unhandled", f"{what}: the setup rollout exited {setup.code}: {setup.err[-300:]}")
                 return t
             fleet.mark()
             proc = fleet.start("rollback", "--yes", "--json")
@@ -456,8 +457,11 @@ def concurrency_trial(nodes: int, control: str) -> Tally:
                 fleet.run(control)
             done = fleet.finish(proc, f"{what} rollout")
             status = fleet.runs()[-1][2] if fleet.runs() else None
-            want = {"pause": (0, "paused"), "freeze": (3, "paused"), "abort": (1, "aborted")}[control]
-            if (done.code, status) != want and not (control == "freeze" and done.code in (1, 3)):
+            # a run stopped unfinished exits 5 (older builds: 0 for a pause, 3 for a freeze)
+            want = {"pause": ((0, 5), "paused"), "freeze": ((1, 3, 5), "paused"), "abort": ((1,), "aborted")}[
+                control
+            ]
+            if done.code not in want[0] or status != want[1]:
                 t.note(
                     "unhandled", f"{what}: rollout exited {done.code} with status {status}, expected {want}"
                 )
