@@ -85,6 +85,7 @@ class Fleet:
         self._manager = manager  # Ansible's InventoryManager, or the index's view (inventory_index.py)
         self.hosts = hosts
         self.index = index  # set when loaded from the compiled index: playbook runs get a small inventory
+        self.whole_fingerprint: str | None = None  # fingerprint() of every host, when the index knows it
 
     def __len__(self) -> int:
         return len(self.hosts)
@@ -133,6 +134,8 @@ class Fleet:
 
     def fingerprint(self, names: Iterable[str] | None = None) -> str:
         """Hash of hosts, group membership and the variables fleetctl reads: changes when the fleet does."""
+        if names is None and self.whole_fingerprint is not None:
+            return self.whole_fingerprint
         chosen = list(self.hosts) if names is None else list(names)
         doc = [
             [n, list(self.hosts[n].groups), {k: self._fingerprint_var(n, k) for k in _FINGERPRINT_VARS}]

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from fleetctl.inventory import _MAGIC, Fleet, Host, load_inventory
+from fleetctl.inventory import _FINGERPRINT_VARS, _MAGIC, Fleet, Host, load_inventory
 
 FORMAT = 1
 INDEX_NAME = "inventory-index.json"
@@ -100,10 +100,14 @@ def load_fleet(
         doc = compile_index(sources, key)  # no vault secret at all: nothing can be decrypted on the way
     except Exception:  # noqa: BLE001 - the full loader says what is wrong (InventoryError), or copes
         doc = build_index(load_inventory(sources, vault_password_file), key)
-    text = json.dumps(doc, separators=(",", ":"))
-    write_index(path, text)
     # The same view as every later command, in plain types (no Ansible tags left on names and values).
-    return fleet_from_index(json.loads(text), sources, vault_password_file)
+    doc = json.loads(json.dumps(doc))
+    fleet = fleet_from_index(doc, sources, vault_password_file)
+    if not any(set(_FINGERPRINT_VARS) & _special_keys(row[2]) for row in doc["hosts"] if row[3]):
+        # Nothing templated or vaulted in what the fingerprint covers: it is the same for every load.
+        doc["fingerprint"] = fleet.whole_fingerprint = fleet.fingerprint()
+    write_index(path, json.dumps(doc, separators=(",", ":")))
+    return fleet
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -265,7 +269,9 @@ def fleet_from_index(
         groups = tuple(display[i] for i in gids if display[i] not in ("all", "ungrouped"))
         hosts[name] = Host(name, groups, _decode_vars(hvars) if special else hvars)
     index = IndexView(doc)
-    return Fleet(sources, index, hosts, index=index)
+    fleet = Fleet(sources, index, hosts, index=index)
+    fleet.whole_fingerprint = doc.get("fingerprint")
+    return fleet
 
 
 class IndexView:
@@ -433,6 +439,21 @@ def _encode(value: Any, special: list[bool]) -> Any:
     if isinstance(value, list | tuple | set):
         return [_encode(v, special) for v in value]
     return str(value)
+
+
+def _special_keys(hvars: dict[str, Any]) -> set[str]:
+    """Keys whose value holds a template, a vaulted or an unsafe value."""
+    return {k for k, v in hvars.items() if _is_special(v)}
+
+
+def _is_special(value: Any) -> bool:
+    if isinstance(value, str):
+        return any(m in value for m in _TEMPLATE_MARKS)
+    if isinstance(value, dict):
+        return _VAULT in value or _UNSAFE in value or any(_is_special(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_is_special(v) for v in value)
+    return False
 
 
 def _decode_vars(hvars: dict[str, Any]) -> dict[str, Any]:

@@ -177,11 +177,18 @@ def _malformed(plan: Plan) -> str | None:
 
 
 def _core(plan: Plan) -> dict[str, Any]:
-    # A deep copy in plain types, as asdict made (whose deepcopy of every value is slow at 100k hosts).
-    doc = {f.name: getattr(plan, f.name) for f in fields(plan) if f.name != "fingerprint"}
-    doc["stages"] = [{f.name: getattr(s, f.name) for f in fields(s)} for s in plan.stages]
-    result: dict[str, Any] = json.loads(json.dumps(doc))
-    return result
+    # A deep copy, as asdict made (whose deepcopy of every value is slow at 100k hosts).
+    doc = {f.name: _copied(getattr(plan, f.name)) for f in fields(plan) if f.name != "fingerprint"}
+    doc["stages"] = [{f.name: _copied(getattr(s, f.name)) for f in fields(s)} for s in plan.stages]
+    return doc
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copied(v) if isinstance(v, dict | list | tuple) else v for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_copied(v) if isinstance(v, dict | list | tuple) else v for v in value)
+    return value
 
 
 def _fingerprint(plan: Plan) -> str:

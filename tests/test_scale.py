@@ -129,6 +129,8 @@ def test_vaulted_values_never_reach_the_index_decrypted(tmp_path: Path) -> None:
     assert fleet.index is not None
     assert b"the-plain-password" not in (tmp_path / ".fleetctl" / INDEX_NAME).read_bytes()
     assert fleet["h1"].render("{{ hc_artifact_password }}") == "the-plain-password"
+    # Nothing templated in what the fingerprint covers: the index keeps it, and it is Ansible's.
+    assert fleet.whole_fingerprint == load_inventory([inv], vault_password_file=pw).fingerprint()
     # The inventory of one run keeps the value vaulted, and Ansible decrypts it with the password file.
     doc = limited_inventory(fleet, ["h1"])
     assert doc is not None
