@@ -42,6 +42,19 @@ def restarts(sim: Sim) -> dict[str, int]:
     return {name: int(n["restarts"]) for name, n in simfleet.server_status(sim.dir).items()}
 
 
+def open_window() -> dict:
+    """A maintenance window (UTC) open now, for `tick` on the real clock."""
+    now = datetime.now(UTC)
+    start, end = now - timedelta(hours=1), now + timedelta(hours=2)
+    window = {
+        "name": "now",
+        "start": f"{start:%Y-%m-%d %H:%M}",
+        "end": f"{end:%Y-%m-%d %H:%M}",
+        "timezone": "UTC",
+    }
+    return {"windows": [window]}
+
+
 def lease_expired(url: str) -> bool:
     store = Store.open(url)
     try:
@@ -136,14 +149,7 @@ def test_a_freeze_set_on_one_controller_blocks_the_others_tick(
     make_sim: Callable[..., Sim], cli: Cli, journal_url: str
 ) -> None:
     sim = make_sim(nodes=3)
-    now = datetime.now(UTC)
-    window = {
-        "name": "now",
-        "start": f"{now - timedelta(hours=1):%Y-%m-%d %H:%M}",
-        "end": f"{now + timedelta(hours=2):%Y-%m-%d %H:%M}",
-        "timezone": "UTC",
-    }
-    sim.write_config(maintenance={"windows": [window]})
+    sim.write_config(maintenance=open_window())
     laptop = controller(sim, journal_url, "laptop", "carol")
     scheduler = controller(sim, journal_url, "scheduler", "cron")
     cli("schedule add 1.1.0", env=scheduler)
