@@ -26,7 +26,8 @@ class HostRow:
             "zone": self.zone,
             "version": e.version if e else None,
             "source": e.source if e else None,
-            "changed_at": e.changed_at.isoformat() if e and e.changed_at else None,
+            "at": e.changed_at.isoformat() if e and e.changed_at else None,
+            "changed_at": e.changed_at.isoformat() if e and e.changed_at else None,  # deprecated alias of at
             "run": e.run_id if e else None,
             "operator": e.operator if e else None,
             "invalid": e.invalid if e else None,  # a recorded version that was not plain (escaped)

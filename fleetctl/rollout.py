@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from fleetctl.artifacts import Found
 from fleetctl.context import FleetContext
 from fleetctl.engine import Checkpoint, Engine, open_run
 from fleetctl.errors import QuarantinedError, UsageError
@@ -74,17 +75,21 @@ def prepare(
     return plan
 
 
-def require_published(ctx: FleetContext, plan: Plan) -> None:
-    """Before anything runs: the artifact of the plan's version exists in the artifact store and its
-    checksum is known, as the plan's first host would fetch it (install method archive only; a package
-    manager is not asked). A typo'd version is refused here (exit 2), so it never reaches a node and
-    is never quarantined."""
+def published(ctx: FleetContext, plan: Plan) -> Found | None:
+    """Is the artifact of the plan's version in the artifact store, with a known checksum, as the plan's
+    first host would fetch it? (Install method archive; a package manager is not asked.) None: no host."""
     from fleetctl import artifacts
 
     if not plan.version or not plan.hosts:
-        return
-    found = artifacts.verify(ctx, plan.version, plan.hosts[0])
-    if not found.ok:
+        return None
+    return artifacts.verify(ctx, plan.version, plan.hosts[0])
+
+
+def require_published(ctx: FleetContext, plan: Plan) -> None:
+    """Before anything runs: refuse a version that is not in the artifact store (exit 2). A typo'd
+    version is refused here, so it never reaches a node and is never quarantined."""
+    found = published(ctx, plan)
+    if found is not None and not found.ok:
         raise UsageError(
             f"no such version in the artifact store (or its checksum is unknown): {found.detail}",
             found.fix or "check the version (`fleetctl check VERSION` says more)",

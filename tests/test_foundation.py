@@ -72,7 +72,7 @@ def test_hosts_and_versions_json_shapes(sim: Sim, cli: Cli) -> None:
     assert set(hosts[0]) >= {"host", "groups", "zone", "version", "changed_at"}
     doc = cli.json("versions -l canary --json", env=sim.env)
     assert doc == {
-        "hosts": [{"host": "node-001", "version": None, "source": None, "changed_at": None}],
+        "hosts": [{"host": "node-001", "version": None, "source": None, "at": None, "changed_at": None}],
         "counts": {"unknown": 1},
     }
 

@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fleetctl import control
 from fleetctl import rollout as rollouts
@@ -33,6 +34,9 @@ def test_a_version_not_in_the_artifact_store_is_refused_before_anything_runs(sim
         result = cli(["rollout", typo, "--yes"], env=sim.env, code=2)
         assert "no such version in the artifact store" in result.stderr, result.stderr
     assert "no such version in the artifact store" in cli("schedule add 9.9.9", env=sim.env, code=2).stderr
+    assert "NOT IN THE ARTIFACT STORE" in cli("plan 9.9.9", env=sim.env).stdout  # plan notes it
+    assert cli.json("plan 9.9.9 --json", env=sim.env)["artifact"]["ok"] is False
+    assert cli.json("plan 1.1.0 --json", env=sim.env)["artifact"]["ok"] is True
     assert cli.json("runs --json", env=sim.env)["runs"] == []
     assert cli.json("quarantine list --json", env=sim.env)["quarantine"] == []
     assert cli.json("schedule list --json", env=sim.env)["queue"] == []
@@ -256,3 +260,56 @@ def test_one_eta_model_for_plan_bar_and_status_and_none_once_interrupted(sim: Si
     doc = cli.json("status --json", env=sim.env)["run"]
     assert doc["status"] == "interrupted" and doc["eta_seconds"] is None
     assert "eta" not in cli("status", env=sim.env).stdout
+
+
+ALIASES = {"by": "operator", "actor": "operator", "target": "version", "changed_at": "at"}  # docs/json.md
+
+
+def objects(doc: Any) -> list[dict[str, Any]]:
+    if isinstance(doc, dict):
+        return [doc] + [o for v in doc.values() for o in objects(v)]
+    if isinstance(doc, list):
+        return [o for v in doc for o in objects(v)]
+    return []
+
+
+def test_json_names_one_per_concept_across_commands(sim: Sim, cli: Cli) -> None:
+    """operator for who, host for a host, at for when, version for a version (docs/json.md); an old name
+    is only ever a deprecated alias beside the canonical one, with the same value."""
+    cli(["freeze", "on", "--reason", "INC-1", "-l", "ring1"], env=sim.env)
+    cli(["freeze", "off", "--reason", "over"], env=sim.env)
+    cli("schedule add 1.2.0 --not-before 2099-01-01T00:00:00Z", env=sim.env)
+    cli("rollout 1.1.0 -l canary --yes", env=sim.env)
+    ctx = FleetContext(config_path=sim.config)
+    ctx.store.quarantine.add(ctx.component, "2.0.0", reason="hangs", run_id=None, by="tester")
+    seen: set[str] = set()
+    for args in (
+        "runs",
+        "status",
+        "quarantine list",
+        "schedule list",
+        "audit",
+        "freeze list",
+        "versions",
+        "history",
+    ):
+        for obj in objects(cli.json(f"{args} --json", env=sim.env)):
+            seen.update(obj)
+            for old, new in ALIASES.items():
+                if old in obj and not (old == "target" and "kind" not in obj):  # a run's target
+                    assert new in obj and obj[new] == obj[old], f"{args}: {old} without {new}: {obj}"
+    assert {"operator", "host", "at", "version"} <= seen
+
+
+def test_plain_rollback_reverts_the_rollout_that_changed_hosts_last(sim: Sim) -> None:
+    """An older rollout resumed after a newer one started changes hosts later: it is the one to revert."""
+    from fleetctl import rollback as rollbacks
+
+    older = left_interrupted(sim, "1.1.0")
+    newer = left_interrupted(sim, "1.2.0")
+    ctx = FleetContext(config_path=sim.config)
+    ctx.store.runs.set_host(newer, "node-003", state="done", from_version="1.0.0")
+    time.sleep(0.01)  # the journal's clock moves on: the older run's change comes after
+    ctx.store.runs.set_host(older, "node-001", state="done", from_version="1.0.0")
+    assert ctx.store.runs.list(limit=1)[0].id == newer  # started last
+    assert rollbacks.newest_changing_rollout(ctx).id == older  # changed a host last

@@ -369,6 +369,7 @@ def test_ledger_entries_filter_and_json(store: Store) -> None:
         "host": "b",
         "version": "2",
         "source": "observed",
+        "at": T0.isoformat(),
         "changed_at": T0.isoformat(),
         "run": None,
         "operator": None,

@@ -73,7 +73,9 @@ def versions(
     counts = census.census(rows)
     if json_out:
         doc = {
-            "hosts": [{k: r.to_json()[k] for k in ("host", "version", "source", "changed_at")} for r in rows],
+            "hosts": [
+                {k: r.to_json()[k] for k in ("host", "version", "source", "at", "changed_at")} for r in rows
+            ],
             "counts": counts,
         }
         if refresh:

@@ -69,10 +69,18 @@ def plan(
         output.write_text(json.dumps(p.to_json(), indent=2) + "\n")
     frozen = policy.covering(st.ctx, p.hosts)
     quarantined = st.ctx.store.quarantine.get(st.ctx.component, version)
+    found = rollouts.published(st.ctx, p)  # a note, not a refusal: plan works before a release is out
     if json_out:
         q = quarantined.to_json() if quarantined else None
-        return print_json({**p.to_json(), "frozen_by": [c.to_json() for c in frozen], "quarantined": q})
+        artifact = {"ok": found.ok, "host": found.host, "detail": found.detail} if found else None
+        doc = {**p.to_json(), "frozen_by": [c.to_json() for c in frozen], "quarantined": q}
+        return print_json({**doc, "artifact": artifact})
     show_plan(st, p)
+    if found is not None and not found.ok:
+        st.out.print(
+            f"NOT IN THE ARTIFACT STORE: {found.detail} (a rollout would be refused, exit 2; "
+            f"`fleetctl check {version}` says more)"
+        )
     if quarantined:
         st.out.print(
             f"QUARANTINED: {version} since {when(quarantined.created_at)} (run {quarantined.run_id}): "

@@ -39,7 +39,8 @@ class Freeze:
             "id": self.id,
             "scope": self.scope,
             "reason": self.reason,
-            "by": self.created_by,
+            "operator": self.created_by,
+            "by": self.created_by,  # deprecated alias of operator (docs/json.md)
             "at": _iso(self.created_at),
             "until": _iso(self.until),
             "lifted_at": _iso(self.lifted_at),
@@ -113,7 +114,8 @@ class QuarantineEntry:
             "version": self.version,
             "reason": self.reason,
             "run": self.run_id,
-            "by": self.created_by,
+            "operator": self.created_by,
+            "by": self.created_by,  # deprecated alias of operator (docs/json.md)
             "at": _iso(self.created_at),
             "cleared_at": _iso(self.cleared_at),
             "cleared_by": self.cleared_by,
@@ -184,7 +186,8 @@ class AuditEntry:
     def to_json(self) -> dict[str, Any]:
         return {
             "at": self.at.isoformat(),
-            "actor": self.actor,
+            "operator": self.actor,
+            "actor": self.actor,  # deprecated alias of operator (docs/json.md)
             "action": self.action,
             "subject": self.subject,
             "reason": self.reason,

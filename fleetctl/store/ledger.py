@@ -36,7 +36,8 @@ class LedgerEntry:
             "host": self.host,
             "version": self.version,
             "source": self.source,
-            "changed_at": self.changed_at.isoformat() if self.changed_at else None,
+            "at": self.changed_at.isoformat() if self.changed_at else None,
+            "changed_at": self.changed_at.isoformat() if self.changed_at else None,  # deprecated alias of at
             "run": self.run_id,
             "operator": self.operator,
             "invalid": self.invalid,

@@ -33,7 +33,8 @@ class QueueItem:
             "version": self.version,
             "pattern": self.pattern,
             "not_before": self.not_before.isoformat() if self.not_before else None,
-            "by": self.created_by,
+            "operator": self.created_by,
+            "by": self.created_by,  # deprecated alias of operator (docs/json.md)
             "at": self.created_at.isoformat(),
             "status": self.status,
             "run": self.run_id,

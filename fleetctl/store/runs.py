@@ -46,7 +46,8 @@ class RunRecord:
         return {
             "id": self.id,
             "kind": self.kind,
-            "target": self.target,
+            "version": self.target,
+            "target": self.target,  # deprecated alias of version (docs/json.md)
             "status": self.status,
             "reason": self.status_reason,
             "operator": self.operator,
