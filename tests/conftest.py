@@ -294,9 +294,10 @@ def fleetctl_proc(args: list[str], env: dict[str, str], **kw: Any) -> subprocess
 PG_URL_ENV = "FLEETCTL_TEST_PG_URL"
 
 
-def fresh_pg_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test (dropped after it); skips (fails under CI) without a
-    server: run `eval "$(.ci/postgres.sh)"` to get one."""
+def fresh_pg_database(upgraded: bool = True) -> Iterator[str]:
+    """A new PostgreSQL database for one test (dropped after it), with the journal's schema (`fleetctl db
+    upgrade`) unless `upgraded` is false; skips (fails under CI) without a server: run
+    `eval "$(.ci/postgres.sh)"` to get one."""
     import secrets
 
     from sqlalchemy import create_engine, text
@@ -310,7 +311,12 @@ def fresh_pg_database() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+        url = make_url(base).set(database=name).render_as_string(hide_password=False)
+        if upgraded:
+            from fleetctl.store import db_admin
+
+            db_admin.upgrade(url)  # a shared journal is never migrated by opening it
+        yield url
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -328,5 +334,5 @@ def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL journal URL only (tests of PostgreSQL-specific behaviour)."""
-    yield from fresh_pg_database()
+    """A fresh, empty PostgreSQL database (no schema yet): tests of `fleetctl db` on PostgreSQL."""
+    yield from fresh_pg_database(upgraded=False)

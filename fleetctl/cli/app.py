@@ -9,6 +9,7 @@ import typer
 
 from fleetctl import __version__
 from fleetctl.cli import (
+    db,
     demo,
     fleet_cmds,
     freeze,
@@ -91,6 +92,7 @@ app.add_typer(guard.app, name="guard")
 app.command("tick")(schedule.tick)
 app.command("audit")(freeze.audit)
 app.add_typer(notify_cmds.app, name="notify")
+app.add_typer(db.app, name="db")
 app.command("metrics")(notify_cmds.metrics)
 app.command("serve")(serve.serve)
 

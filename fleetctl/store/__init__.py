@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from fleetctl.errors import StoreError
-from fleetctl.store.migrations import migrate
+from fleetctl.store.migrations import migrate, require_current
 
 Clock = Callable[[], datetime]
 
@@ -61,12 +61,12 @@ class Store:
                 "use a path or e.g. sqlite:///fleet.db or postgresql+psycopg://host/db",
             ) from None
         try:
-            if parsed.get_backend_name() == "sqlite":
-                engine = _sqlite_engine(parsed.database)
-            else:
-                engine = create_engine(url, pool_pre_ping=True)
+            engine = make_engine(url)
             with engine.begin() as conn:
-                migrate(conn)
+                if engine.dialect.name == "sqlite":  # embedded: migrated on open (BEGIN IMMEDIATE)
+                    migrate(conn, _where(parsed))
+                else:
+                    require_current(conn, _where(parsed))  # a shared one only by `fleetctl db upgrade`
         except StoreError:
             raise
         except (NoSuchModuleError, ImportError) as exc:
@@ -112,6 +112,14 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine on the journal at `url` (a SQLite file made private, WAL; or a server), not migrated."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed.database)
+    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=3)
 
 
 def _detail(exc: DBAPIError) -> str:

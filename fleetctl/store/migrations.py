@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, select
 
+from fleetctl.errors import StoreError
 from fleetctl.store import schema
 
 V1_TABLES = [
@@ -71,16 +72,49 @@ def current_version(conn: Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def migrate(conn: Connection) -> int:
+def newer_error(version: int, where: str) -> StoreError:
+    return StoreError(
+        f"the journal at {where} has schema version {version}, newer than this fleetctl knows "
+        f"({len(MIGRATIONS)}): a newer fleetctl migrated it",
+        "upgrade fleetctl on this machine to the version the other controllers run",
+    )
+
+
+def require_current(conn: Connection, where: str) -> None:
+    """A shared journal is never migrated by opening it: refuse one that is behind or ahead."""
+    version = current_version(conn)
+    if version > len(MIGRATIONS):
+        raise newer_error(version, where)
+    if version < len(MIGRATIONS):
+        state = "is empty" if version == 0 else f"has schema version {version}"
+        raise StoreError(
+            f"the journal at {where} {state}; this fleetctl needs version {len(MIGRATIONS)} "
+            f"({len(MIGRATIONS) - version} pending migration(s))",
+            "run `fleetctl db upgrade` once (with no run in flight), then retry; `fleetctl db status` shows them",
+        )
+
+
+def set_version(conn: Connection, number: int) -> None:
+    """Update the version row in place (a concurrent upgrader waiting on it FOR UPDATE then sees it)."""
+    t = schema.meta
+    done = conn.execute(t.update().where(t.c.key == "schema_version").values(value=str(number)))
+    if done.rowcount == 0:
+        conn.execute(t.insert().values(key="schema_version", value=str(number)))
+
+
+def migrate(conn: Connection, where: str = "the journal") -> int:
     """Bring the schema to the newest version inside the caller's transaction; returns that version."""
     version = current_version(conn)
     if version > len(MIGRATIONS):
-        raise RuntimeError(
-            f"the journal has schema version {version}, newer than this fleetctl knows ({len(MIGRATIONS)})"
-        )
+        raise newer_error(version, where)
     for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
         step(conn)
-        table = schema.meta
-        conn.execute(table.delete().where(table.c.key == "schema_version"))
-        conn.execute(table.insert().values(key="schema_version", value=str(number)))
+        set_version(conn, number)
     return len(MIGRATIONS)
+
+
+def describe(number: int) -> str:
+    """A migration's one-line description (its docstring's first line)."""
+    step = MIGRATIONS[number - 1]
+    doc = (step.__doc__ or step.__name__).strip().splitlines()[0]
+    return doc if step.__doc__ else {1: "The journal's tables."}.get(number, doc)
