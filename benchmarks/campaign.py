@@ -345,8 +345,9 @@ def kill_trial(seed: int, nodes: int) -> Tally:
         else:
             proc = fleet.start("rollout", "1.1.0", "--yes", "--json")
             busy = ("updating",) if moment == "batch" else ("verifying",)
-        if moment == "journal":
-            fleet.wait_for(lambda: fleet.states(), 60, proc)
+        if moment == "journal":  # from the moment this trial's run is in the journal
+            mine = "rollback" if kind == "rollback" else "rollout"
+            fleet.wait_for(lambda: fleet.runs() and fleet.runs()[-1][1] == mine and fleet.states(), 60, proc)
             low = 2.0 if kind == "rollout+rollback" else 0.0
             time.sleep(rng.uniform(low, 6.0 if kind != "rollback" else 2.5))
         else:
