@@ -251,10 +251,29 @@ class MetricsConfig(_Model):
     textfile: Path | None = None  # node_exporter textfile, rewritten atomically (relative to fleet.yml)
 
 
+class ExecutionNode(_Model):
+    """A machine that runs `ansible-runner worker` for a slice of each batch, reached over SSH."""
+
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str | None = None
+    key: Path | None = None  # SSH private key (relative to fleet.yml)
+    known_hosts: Path | None = None  # default: ~/.ssh/known_hosts (host keys are always checked)
+    ansible_runner: str = "ansible-runner"  # the command on the node (ansible-playbook must sit beside it)
+    python: str = "python3"  # runs fleetctl's small supervisor on the node (standard library only)
+    ssh_options: list[str] = []  # extra `ssh -o` options, e.g. ["ProxyJump=bastion"]
+
+    @property
+    def name(self) -> str:
+        return f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
+
+
 class ExecutionConfig(_Model):
-    """How a batch runs: `shards` parallel ansible-runner jobs, each on a round-robin slice of it."""
+    """How a batch runs: `shards` parallel ansible-runner jobs, each on a round-robin slice of it;
+    with `nodes`, one slice per execution node (ansible-runner's transmit / worker / process)."""
 
     shards: int = Field(1, ge=1, le=64)
+    nodes: list[ExecutionNode] = []
 
 
 class FleetConfig(_Model):

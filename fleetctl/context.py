@@ -104,10 +104,10 @@ class FleetContext:
             envvars={**_vault_env(cfg), **cfg.env},
             inventory_for=lambda hosts: limited_inventory(self.fleet, hosts),
         )
-        if cfg.execution.shards > 1:  # parallel ansible-runner jobs, one per slice of each batch
-            from fleetctl.execution import ShardedExecutor
+        if cfg.execution.shards > 1 or cfg.execution.nodes:  # parallel jobs, one per slice of each batch
+            from fleetctl.execution import ShardedExecutor, node_targets
 
-            return ShardedExecutor(settings, cfg.execution.shards)
+            return ShardedExecutor(settings, cfg.execution.shards, node_targets(cfg))
         return Executor(settings)
 
     def prober(self, executor: Executor | None = None) -> Prober:

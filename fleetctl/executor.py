@@ -101,12 +101,14 @@ class Executor:
         on_result: Callable[[HostResult], None] | None = None,
         cancel: threading.Event | None = None,
         ident: str | None = None,
+        node: Any = None,
     ) -> Execution:
         """Run `playbook` (a file in the playbooks dir) on exactly `hosts`. Every host gets one HostResult.
 
         `on_result` is called (from this thread) as each host finishes: on failure, or when the task that
         reports the node's version returns. Setting `cancel` stops Ansible within about a second. Ansible
         dies with this process (see orphans.py); a version a node reports is checked (node_version).
+        With `node` (execution.nodes.NodeTarget) the playbook runs on that execution node.
         """
         s = self.settings
         hosts = list(dict.fromkeys(hosts))
@@ -176,7 +178,17 @@ class Executor:
             self.journal.add(group)
         try:
             runner = self._runner(
-                playbook, hosts, forks, limit_file, vars_file, ident, group, handle, cancelled, inventory
+                playbook,
+                hosts,
+                forks,
+                limit_file,
+                vars_file,
+                ident,
+                group,
+                handle,
+                cancelled,
+                inventory,
+                node,
             )
             runner.run()
         finally:
@@ -192,10 +204,13 @@ class Executor:
         tail = None
         if status not in ("successful", "canceled"):
             tail = _stdout_tail(runner)
+        lost = getattr(runner, "lost", None)  # the execution node could not be reached, or was lost
         for host, tracker in pending.items():
             if host in results:
                 continue
-            if tracker.bad is not None:
+            if lost and status != "canceled":
+                emit(HostResult(host, "unreachable", tracker.version, tracker.changed, lost))
+            elif tracker.bad is not None:
                 emit(HostResult(host, "failed", None, tracker.changed, tracker.bad))
             elif status == "canceled":
                 emit(HostResult(host, "cancelled", tracker.version, tracker.changed, "cancelled"))
@@ -218,13 +233,33 @@ class Executor:
         handle: Callable[[dict[str, Any]], bool],
         cancelled: Callable[[], bool],
         inventory: Sequence[Path],
+        node: Any = None,
     ) -> Any:
         """ansible-runner's Runner, prepared as ansible_runner.run would, then: a minimal environment
-        (ansible_env.minimal_env) and the command under the launcher that dies with us (orphans.py)."""
+        (ansible_env.minimal_env) and the command under the launcher that dies with us (orphans.py).
+        With `node`: a RemoteRunner, the same playbook through ansible-runner worker on that node."""
         from ansible_runner import Runner
         from ansible_runner.config.runner import RunnerConfig
 
         s = self.settings
+        if node is not None:
+            from fleetctl.execution.nodes import RemoteRunner
+
+            return RemoteRunner(
+                node,
+                work_dir=s.work_dir,
+                playbooks=s.playbooks,
+                playbook=playbook,
+                inventory=inventory,
+                vars_file=vars_file,
+                forks=max(1, min(forks, len(hosts))),
+                envvars={**ANSIBLE_ENV, **s.envvars, MARKER: group.marker},
+                ident=ident,
+                marker=group.marker,
+                timeout=s.timeout,
+                handle=handle,
+                cancelled=cancelled,
+            )
         explicit = {**ANSIBLE_ENV, "PATH": path_with_ansible(), **s.envvars, MARKER: group.marker}
         config = RunnerConfig(
             private_data_dir=str(s.work_dir),

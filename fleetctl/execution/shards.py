@@ -27,9 +27,10 @@ def slices(hosts: Sequence[str], shards: int) -> list[list[str]]:
 class ShardedExecutor(Executor):
     """An Executor whose run() spreads a batch over `shards` parallel ansible-runner jobs."""
 
-    def __init__(self, settings: ExecutorSettings, shards: int) -> None:
+    def __init__(self, settings: ExecutorSettings, shards: int, nodes: Sequence[Any] = ()) -> None:
         super().__init__(settings)
         self.shards = max(1, shards)
+        self.nodes = list(nodes)  # execution.nodes.NodeTarget: one slice per node, run there
 
     def run(
         self,
@@ -41,9 +42,15 @@ class ShardedExecutor(Executor):
         on_result: Callable[[HostResult], None] | None = None,
         cancel: threading.Event | None = None,
         ident: str | None = None,
+        node: Any = None,
     ) -> Execution:
-        parts = slices(hosts, self.shards)
-        if len(parts) <= 1:
+        if self.nodes:
+            from fleetctl.execution.nodes import check_node
+
+            for target in self.nodes:  # a node with other versions is refused before the batch
+                check_node(target)
+        parts = slices(hosts, len(self.nodes) or self.shards)
+        if len(parts) <= 1 and not self.nodes:
             return super().run(
                 playbook,
                 hosts,
@@ -52,12 +59,13 @@ class ShardedExecutor(Executor):
                 on_result=on_result,
                 cancel=cancel,
                 ident=ident,
+                node=node,
             )
         stop = threading.Event()  # set on the caller's cancel, or when a slice fails to run at all
         results: queue.Queue[HostResult] = queue.Queue()
         done: list[Execution | None] = [None] * len(parts)
         errors: list[BaseException] = []
-        per_slice_forks = max(1, forks // len(parts))
+        per_slice_forks = forks if self.nodes else max(1, forks // len(parts))  # a node has its own CPUs
 
         def work(i: int, part: list[str]) -> None:
             try:
@@ -70,6 +78,7 @@ class ShardedExecutor(Executor):
                     on_result=results.put,
                     cancel=stop,
                     ident=f"{ident}-s{i + 1}" if ident else None,
+                    node=self.nodes[i] if self.nodes else None,
                 )
             except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
                 errors.append(exc)
