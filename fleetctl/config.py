@@ -274,6 +274,7 @@ class ExecutionConfig(_Model):
 
     shards: int = Field(1, ge=1, le=64)
     nodes: list[ExecutionNode] = []
+    strategy: Literal["linear", "mitogen"] = "linear"  # mitogen: pip install 'fleetctl[fast]'
 
 
 class FleetConfig(_Model):

@@ -33,6 +33,15 @@ def _vault_env(cfg: FleetConfig) -> dict[str, str]:
     return {"ANSIBLE_VAULT_PASSWORD_FILE": str(cfg.vault_password_file)} if cfg.vault_password_file else {}
 
 
+def _strategy_env(cfg: FleetConfig) -> dict[str, str]:
+    """`execution: {strategy: mitogen}`: checked against ansible-core before anything runs."""
+    if cfg.execution.strategy != "mitogen":
+        return {}
+    from fleetctl.execution.mitogen import strategy_env
+
+    return strategy_env()
+
+
 def default_operator(env: Mapping[str, str]) -> str:
     if env.get("FLEETCTL_OPERATOR"):
         return env["FLEETCTL_OPERATOR"]
@@ -101,7 +110,7 @@ class FleetContext:
             playbooks=cfg.playbooks or playbooks_dir(),
             work_dir=self.state_dir / "runner",
             extravars=cfg.playbook_vars(),
-            envvars={**_vault_env(cfg), **cfg.env},
+            envvars={**_vault_env(cfg), **cfg.env, **_strategy_env(cfg)},
             inventory_for=lambda hosts: limited_inventory(self.fleet, hosts),
         )
         if cfg.execution.shards > 1 or cfg.execution.nodes:  # parallel jobs, one per slice of each batch

@@ -5,6 +5,7 @@ Real ansible-runner on the simulated fleet (and on localhost for the cancel)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sys
@@ -316,3 +317,49 @@ def test_a_node_with_other_versions_is_refused_before_the_batch(tmp_path: Path, 
         executor.run("ping.yml", ["h0", "h1"])
     assert "1.0.0" in info.value.message and "2.0.0" in info.value.message
     assert not (tmp_path / "w" / "artifacts").exists()  # nothing ran
+
+
+# -- mitogen: opt-in, refused unless the (mitogen, ansible-core) pair is known to work -----------------
+def test_mitogen_pairs_fleetctl_has_not_seen_work_are_refused() -> None:
+    from fleetctl.execution import mitogen
+
+    mitogen.check("0.3.54", "2.19.14")  # the pair this fleetctl is tested with
+    for version, core, words in [
+        (None, "2.19.14", ["not installed", "fleetctl[fast]"]),
+        ("0.3.40", "2.19.14", ["0.3.40", "2.19.14"]),
+        ("0.3.54", "2.20.0", ["0.3.54", "2.20.0"]),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            mitogen.check(version, core)
+        assert all(w in info.value.message + info.value.hint for w in words), info.value.message
+        assert info.value.exit_code == 2 and "\n" not in info.value.message
+
+
+def test_an_unsupported_mitogen_refuses_the_rollout_before_anything_runs(
+    make_sim: object, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetctl.execution import mitogen
+
+    sim: Sim = make_sim(nodes=3)  # type: ignore[operator]
+    sim.write_config(execution={"strategy": "mitogen"})
+    monkeypatch.setattr(mitogen, "installed", lambda: ("0.3.54", "2.99.0"))
+    result = cli("rollout 1.1.0 --yes", env=sim.env, code=2)
+    assert "execution.strategy" in result.stderr and "2.99.0" in result.stderr
+    assert set(sim.current().values()) == {"1.0.0"}  # nothing ran
+
+
+def test_rollout_with_mitogen(make_sim: object, cli: Cli) -> None:
+    from fleetctl.execution import mitogen
+
+    version, core = mitogen.installed()
+    need(version is not None, "the mitogen test needs pip install 'fleetctl[fast]'")
+    mitogen.check(version, core)
+    sim: Sim = make_sim(nodes=3)  # type: ignore[operator]
+    sim.write_config(execution={"strategy": "mitogen"})
+    cli("rollout 1.1.0 --yes", env=sim.env)
+    assert set(sim.current().values()) == {"1.1.0"}
+    command = [j for j in jobs(sim) if "-u" in j]
+    env = json.loads(
+        (sim.config.parent / ".fleetctl" / "runner" / "artifacts" / command[0] / "command").read_text()
+    )
+    assert env["env"]["ANSIBLE_STRATEGY"] == "mitogen_linear"
