@@ -201,7 +201,42 @@ def _guard_chapter(d: Demo, workdir: Path, nodes: int) -> None:
         simfleet.stop(info.dir)
 
 
+def _unattended_chapter(d: Demo, config: Path) -> None:
+    """03:00, nobody watching: a scheduled tick catches 2.0.0 at the canary, and a webhook says so."""
+    d.say(
+        "03:00, nobody watching: an unattended tick catches 2.0.0 at the canary, and a webhook tells people"
+    )
+    recv = subprocess.Popen(
+        [sys.executable, "-m", "fleetctl", "notify", "receive", "--bind", "127.0.0.1:0", "--count", "4"],
+        env=d.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = (recv.stderr.readline().split() or [""])[-1]  # "listening on http://127.0.0.1:PORT/hook"
+        doc = yaml.safe_load(config.read_text())
+        events = ["run.started", "run.halted", "rollback.started", "run.rolled_back"]
+        doc["notify"] = [{"webhook": url, "events": events}]
+        config.write_text(yaml.safe_dump(doc, sort_keys=False))
+        d.run("quarantine clear 2.0.0 --reason 'trying it unattended'")
+        d.run("schedule add 2.0.0")
+        d.run("tick", expect=1)  # no maintenance windows configured: the window is open
+        out, _ = recv.communicate(timeout=30)
+        typer.echo(out, err=True)
+    except subprocess.TimeoutExpired:
+        d.failed.append("the webhook receiver did not get the run's four events")
+    finally:
+        recv.kill()
+        doc = yaml.safe_load(config.read_text())
+        doc.pop("notify", None)
+        config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    d.run("notify list")
+    d.say("Everyone else watches live in a browser: `fleetctl serve`, then open http://127.0.0.1:8080/")
+
+
 def _extra_steps(d: Demo, config: Path, sim_dir: Path, hang: float) -> None:
     _freeze_chapter(d)
+    _unattended_chapter(d, config)
     _incident_chapter(d, config, sim_dir, hang)
     _guard_chapter(d, sim_dir.parent, max(3, len(simfleet.load(sim_dir).nodes)))
