@@ -7,6 +7,8 @@
     python benchmarks/bench.py scale-plan   --nodes 10000 100000  # plan: first load vs the inventory index
     python benchmarks/bench.py scale-status --nodes 100000        # status --json with 100k host rows
     python benchmarks/bench.py scale-batch  --nodes 100 100000    # one batch's Ansible start-up (benchmarks/scale.py)
+    python benchmarks/bench.py execution    --nodes 30            # local / 2 shards / 1-2 execution nodes / mitogen
+    (add --quick for sizes that fit in a few minutes)
 
 Results are printed as a table and appended to benchmarks/results.jsonl.
 """
@@ -24,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import execution  # benchmarks/execution.py, beside this file
 import scale  # benchmarks/scale.py, beside this file
 import yaml
 
@@ -299,13 +302,25 @@ def main() -> None:
         "scale-plan": scale.bench_plan,
         "scale-status": scale.bench_status,
         "scale-batch": scale.bench_batch,
+        "execution": execution.bench_execution,
     }
     parser.add_argument("kind", choices=["rollout", "rollback", "probes", "ssh", *scale_kinds])
     parser.add_argument("--nodes", type=int, nargs="+", default=None)
     parser.add_argument("--forks", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (scale and execution kinds)")
     args = parser.parse_args()
     defaults = {"rollout": [100], "rollback": [30, 100, 300], "probes": [1000], "ssh": [5]}
-    defaults.update({"scale-plan": [10000, 100000], "scale-status": [100000], "scale-batch": [100, 100000]})
+    defaults.update(
+        {
+            "scale-plan": [1000, 10000, 100000],
+            "scale-status": [100000],
+            "scale-batch": [100, 100000],
+            "execution": [30],
+        }
+    )
+    if args.quick:  # the same kinds at sizes that fit in a few minutes
+        defaults.update({"scale-plan": [1000, 10000], "scale-status": [10000], "scale-batch": [100, 10000]})
+        defaults["execution"] = [6]
     for n in args.nodes or defaults[args.kind]:
         if args.kind in scale_kinds:
             scale_kinds[args.kind](n, record)
