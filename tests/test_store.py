@@ -934,3 +934,24 @@ def test_failed_transaction_rolls_back(store: Store) -> None:
             conn.execute(schema.ledger.update().values(version="2.0"))
             raise RuntimeError("crash mid-step")
     assert store.ledger.versions(HC) == {"h1": "1.0"}
+
+
+def test_concurrent_ledger_writers_never_collide(url: str) -> None:
+    """`versions --refresh` on two machines while a run records: every writer's changes land (on
+    PostgreSQL the ledger's writers queue on a table lock, as SQLite's BEGIN IMMEDIATE makes them)."""
+    code = (
+        "import sys; from fleetctl.store import Store\n"
+        "s = Store.open(sys.argv[1])\n"
+        "for round in range(5):\n"
+        "    s.ledger.record('hc', {f'h{i}': f'{sys.argv[2]}.{round}' for i in range(40)}, source='observed',"
+        " run_id=None, operator=None)\n"
+    )
+    Store.open(url).close()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, url, str(n)], stderr=subprocess.PIPE, text=True)
+        for n in range(6)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errors
+    store = Store.open(url)
+    assert len(store.ledger.versions("hc")) == 40

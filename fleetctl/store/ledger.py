@@ -129,6 +129,8 @@ class Ledger:
         changes: list[Change] = []
         with self.store.tx() as conn:
             self.store.locks.check(conn)  # a holder that lost the fleet lock records nothing
+            if conn.dialect.name == "postgresql":  # writers queue, as BEGIN IMMEDIATE makes them on SQLite:
+                conn.exec_driver_sql("LOCK TABLE ledger IN SHARE ROW EXCLUSIVE MODE")  # read-then-write
             known = {
                 r.host: r.version
                 for r in conn.execute(
