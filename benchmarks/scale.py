@@ -72,14 +72,18 @@ def make_fleet(n: int) -> Path:
     return d
 
 
+LAST_CPU: list[float] = [0.0]  # CPU seconds (user + system) of the last measured() child: load-proof
+
+
 def measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of one child process."""
+    """(wall seconds, peak RSS MB) of one child process; its CPU seconds go to LAST_CPU."""
     started = time.monotonic()
     proc = subprocess.Popen(
         argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
+    LAST_CPU[0] = round(usage.ru_utime + usage.ru_stime, 2)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(
             f"{' '.join(argv)} exited {status}: {proc.stderr.read()[-2000:] if proc.stderr else ''}"
@@ -96,15 +100,26 @@ def bench_plan(n: int, record: Any) -> None:
     d = make_fleet(n)
     index = d / ".fleetctl" / "inventory-index.json"
     first = fleetctl_cmd(d, "plan", "2.0.0")
+    first_cpu = LAST_CPU[0]
     size = index.stat().st_size if index.exists() else 0
-    indexed = [fleetctl_cmd(d, "plan", "2.0.0") for _ in range(2)]
+    indexed, cpus = [], []
+    for _ in range(2):
+        indexed.append(fleetctl_cmd(d, "plan", "2.0.0"))
+        cpus.append(LAST_CPU[0])
     best = min(indexed)
     as_json = fleetctl_cmd(d, "plan", "2.0.0", "--json")
+    json_cpu = LAST_CPU[0]
+    help_wall, _ = fleetctl_cmd(d, "--help")  # the CLI's own start-up, for scale
     record(
         "scale-plan",
         {
             "hosts": n,
             "first_s": first[0],
+            "first_cpu_s": first_cpu,
+            "indexed_cpu_s": min(cpus),
+            "indexed_json_cpu_s": json_cpu,
+            "cli_start_s": help_wall,
+            "cli_start_cpu_s": LAST_CPU[0],
             "first_mb": first[1],
             "indexed_s": best[0],
             "indexed_mb": max(m for _, m in indexed),
@@ -156,6 +171,7 @@ def bench_status(n: int, record: Any) -> None:
     d = make_fleet(n)
     seed_run(d, n)
     whole = min(fleetctl_cmd(d, "status", "--json") for _ in range(3))
+    status_cpu = LAST_CPU[0]
     proc = subprocess.run(
         [sys.executable, "-c", STATUS_CODE, str(d / "fleet.yml")], capture_output=True, text=True, check=True
     )
@@ -166,6 +182,7 @@ def bench_status(n: int, record: Any) -> None:
             "hosts": n,
             "command_s": whole[0],
             "command_mb": whole[1],
+            "command_cpu_s": status_cpu,
             "in_process_status_s": round(parts["status"], 3),
             "in_process_json_s": round(parts["json"], 3),
             "imports_s": round(parts["imports"], 3),

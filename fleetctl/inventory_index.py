@@ -265,8 +265,14 @@ def fleet_from_index(
         _set_vault_secret(DataLoader(), vault_password_file)  # rendering decrypts a `!vault` value
     display = [g for g, _ in doc["groups"]]
     hosts: dict[str, Host] = {}
+    memberships: dict[tuple[int, ...], tuple[str, ...]] = {}  # hosts share a few sets of groups
     for name, gids, hvars, special, _f in doc["hosts"]:
-        groups = tuple(display[i] for i in gids if display[i] not in ("all", "ungrouped"))
+        key = tuple(gids)
+        groups = memberships.get(key)
+        if groups is None:
+            groups = memberships[key] = tuple(
+                display[i] for i in gids if display[i] not in ("all", "ungrouped")
+            )
         hosts[name] = Host(name, groups, _decode_vars(hvars) if special else hvars)
     index = IndexView(doc)
     fleet = Fleet(sources, index, hosts, index=index)
