@@ -8,7 +8,8 @@ import typer
 
 from fleetctl import rollback as rollbacks
 from fleetctl.cli.output import CliState, print_json, state
-from fleetctl.cli.run_cmds import JsonOption, YesOption, confirm, finish, running, summary
+from fleetctl.cli.run_cmds import JsonOption, YesOption, confirm, running
+from fleetctl.cli.summary import finish, summary
 from fleetctl.errors import UsageError
 
 
