@@ -313,3 +313,16 @@ def test_plain_rollback_reverts_the_rollout_that_changed_hosts_last(sim: Sim) ->
     ctx.store.runs.set_host(older, "node-001", state="done", from_version="1.0.0")
     assert ctx.store.runs.list(limit=1)[0].id == newer  # started last
     assert rollbacks.newest_changing_rollout(ctx).id == older  # changed a host last
+
+
+def test_status_watch_goes_on_through_a_pause_until_the_run_ends(sim: Sim) -> None:
+    run_id = left_interrupted(sim, status="paused")
+    proc = fleetctl_proc(["status", "--watch", run_id], sim.env)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert "paused" in first, first
+    ctx = FleetContext(config_path=sim.config)
+    ctx.store.runs.update(run_id, status="succeeded", status_reason=None)  # resumed elsewhere, finished
+    out, _err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert f"run {run_id}" in out and "succeeded" in out, out  # it watched on past the pause
