@@ -214,6 +214,7 @@ def _unattended_chapter(d: Demo, config: Path) -> None:
         text=True,
     )
     try:
+        assert recv.stderr is not None
         url = (recv.stderr.readline().split() or [""])[-1]  # "listening on http://127.0.0.1:PORT/hook"
         doc = yaml.safe_load(config.read_text())
         events = ["run.started", "run.halted", "rollback.started", "run.rolled_back"]
