@@ -189,3 +189,17 @@ def test_compiled_index_equals_ansibles_variable_manager(tmp_path: Path) -> None
     classic = json.loads(json.dumps(inventory_index.build_index(load_inventory(sources), "k")))
     assert fast == classic
     assert any(row[3] for row in fast["hosts"])  # the vaulted and unsafe values went through the encoder
+
+
+def test_read_only_commands_use_the_index_and_see_a_changed_inventory(make_sim: object, cli: Cli) -> None:
+    sim: Sim = make_sim(nodes=3)  # type: ignore[operator]
+    rows = cli.json("hosts --json -l 'all:!canary'", env=sim.env)["hosts"]
+    index = sim.config.parent / ".fleetctl" / INDEX_NAME
+    assert index.exists() and stat.S_IMODE(index.stat().st_mode) == 0o600
+    assert sorted(r["host"] for r in rows) == sorted(n for n in sim.nodes if n != "node-001")
+    built = index.stat().st_mtime_ns
+    cli("hosts --json", env=sim.env)
+    assert index.stat().st_mtime_ns == built  # unchanged sources: the index is read, not rebuilt
+    sim.host_vars("node-002", zone="z9")  # the inventory changes: the next command sees it
+    rows = cli.json("hosts --json -l node-002", env=sim.env)["hosts"]
+    assert rows[0]["zone"] == "z9"
