@@ -250,6 +250,7 @@ class Executor:
                 work_dir=s.work_dir,
                 playbooks=s.playbooks,
                 playbook=playbook,
+                hosts=hosts,
                 inventory=inventory,
                 vars_file=vars_file,
                 forks=max(1, min(forks, len(hosts))),

@@ -256,6 +256,19 @@ def node_executor(tmp_path: Path, hosts: SshHosts, docs: list[dict[str, object]]
     return ShardedExecutor(settings, 1, targets)
 
 
+def test_each_node_acts_on_its_slice_only(tmp_path: Path, exec_hosts: SshHosts) -> None:
+    """The whole inventory (no index): the worker still runs on its own slice, each host once."""
+    out = tmp_path / "ran"
+    executor = node_executor(
+        tmp_path, exec_hosts, [node_doc(exec_hosts, "exec1"), node_doc(exec_hosts, "exec2")]
+    )
+    task = f"ansible.builtin.shell: echo {{{{ inventory_hostname }}}} >> {out}"
+    (tmp_path / "pb" / "record.yml").write_text(SLEEP.replace("ansible.builtin.command: sleep 60", task))
+    run = executor.run("record.yml", [f"h{i}" for i in range(4)], forks=1)
+    assert {r.status for r in run.results.values()} == {"ok"}
+    assert sorted(out.read_text().split()) == ["h0", "h1", "h2", "h3"]
+
+
 def test_an_unreachable_node_fails_its_hosts_as_unreachable(tmp_path: Path, exec_hosts: SshHosts) -> None:
     dead = dict(node_doc(exec_hosts, "exec2"), port=closed_port(), host="127.0.0.1")
     executor = node_executor(tmp_path, exec_hosts, [node_doc(exec_hosts, "exec1"), dead])

@@ -187,6 +187,7 @@ class RemoteRunner:
         work_dir: Path,
         playbooks: Path,
         playbook: str,
+        hosts: Sequence[str],
         inventory: Sequence[Path],
         vars_file: Path,
         forks: int,
@@ -198,6 +199,7 @@ class RemoteRunner:
         cancelled: Callable[[], bool],
     ) -> None:
         self.target, self.work_dir, self.playbooks, self.playbook = target, work_dir, playbooks, playbook
+        self.hosts = list(hosts)
         self.inventory, self.vars_file, self.forks, self.envvars = list(inventory), vars_file, forks, envvars
         self.ident = ident or uuid.uuid4().hex
         self.marker, self.timeout, self.handle, self.cancelled = marker, timeout, handle, cancelled
@@ -232,6 +234,8 @@ class RemoteRunner:
             "private_data_dir": str(pdd),
             "playbook": self.playbook,
             "inventory": str(inv),
+            # Exactly these hosts, also when the inventory is the fleet's whole one (not indexed).
+            "limit": ",".join(self.hosts) + ",",
             "forks": self.forks,
             "envvars": self.envvars,
             "ident": self.ident,
