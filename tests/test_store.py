@@ -740,13 +740,22 @@ def test_concurrent_acquires_one_wins(url: str) -> None:
         "s = Store.open(sys.argv[1])\n"
         "try:\n    s.locks.acquire('fleet', run_id=None, owner='p'); print('won')\n"
         "except LockedError:\n    print('locked')\n"
+        "sys.stdout.flush(); sys.stdin.read()\n"  # the winner lives on until every racer has tried
     )
     Store.open(url).close()  # migrated once, so that the racers only race for the lock
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, text=True, env=os.environ)
+        subprocess.Popen(
+            [sys.executable, "-c", code, url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=os.environ,
+        )
         for _ in range(8)
     ]
-    outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    outs = sorted(p.stdout.readline().strip() for p in procs if p.stdout)
+    for p in procs:
+        p.communicate(timeout=60)
     assert outs == ["locked"] * 7 + ["won"], outs
 
 

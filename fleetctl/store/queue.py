@@ -86,4 +86,5 @@ class Queue:
 
     def set(self, qid: int, **values: Any) -> None:
         with self.store.tx() as conn:
+            self.store.locks.check(conn)  # a tick that lost the fleet lock does not move the queue
             conn.execute(schema.queue.update().where(schema.queue.c.id == qid).values(**values))
