@@ -174,3 +174,35 @@ def test_status_watch_on_one_machine_follows_a_run_of_another(
     assert proc.wait(timeout=120) == 0
     assert lines[-1]["run"]["status"] == "succeeded" and lines[-1]["run"]["operator"] == "alice"
     assert len(lines) >= 2
+
+
+def test_the_heartbeat_renews_the_lease_past_its_first_expiry(
+    make_sim: Callable[..., Sim], cli: Cli, journal_url: str
+) -> None:
+    long_bake = [{**BAKED_CANARY[0], "bake": "30s"}, BAKED_CANARY[1]]
+    sim = shared_sim(make_sim, stages=long_bake)
+    a = controller(sim, journal_url, "ctl-a", "alice")
+    b = controller(sim, journal_url, "ctl-b", "bob")
+    proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], a)
+    try:
+        store = Store.open(journal_url)
+        first = wait_for(lambda: store.locks.holder("fleet:host-controller"), what="the lock taken")
+        assert first.expires_at is not None and first.hostname == "ctl-a"
+        # renewed until the lease it first took is over: the holder lives on, judged by its lease alone
+        wait_for(
+            lambda: (h := store.locks.holder("fleet:host-controller")) and h.heartbeat_at > first.expires_at,
+            what="a renewal past the first expiry",
+        )
+        refused = cli("rollout 1.2.0 -l canary --yes", env=b, code=4)
+        assert "by alice on ctl-a" in refused.stderr
+        assert store.locks.holder("fleet:host-controller").fence == first.fence
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def test_a_lease_shorter_than_2s_is_refused(make_sim: Callable[..., Sim], cli: Cli) -> None:
+    sim = make_sim(nodes=3)
+    sim.write_config(lock={"lease": "1s"})
+    err = cli("status", env=sim.env, code=2).stderr
+    assert "lock" in err and "lease" in err and "at least 2s" in err
