@@ -348,9 +348,11 @@ def load_config(path: Path) -> FleetConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(
-            f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}", "fix the YAML syntax"
-        ) from None
+        if isinstance(exc, yaml.reader.ReaderError):  # a character YAML refuses; its str() spans lines
+            what = f"character {chr(exc.character)!r} at position {exc.position} is not allowed"
+        else:
+            what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{path}: not valid YAML{where}: {what}", "fix the YAML syntax") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", "check the path and permissions") from None
     if not isinstance(raw, dict):

@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from fleetctl import notify
 from fleetctl.config import FleetConfig, find_config, load_config
 from fleetctl.events import Event, EventSink, discard
@@ -78,12 +80,27 @@ class FleetContext:
             cfg.inventory, vault_password_file=cfg.vault_password_file, state_dir=self.state_dir
         )
 
-    @cached_property
-    def store(self) -> Store:
+    @property
+    def state_url(self) -> str:
+        """--db, else $FLEETCTL_DB, else `state:` in fleet.yml, else fleetctl.db beside it."""
         url = self.db_url or self.env.get("FLEETCTL_DB") or None
         if url and "://" not in url:  # a path typed at the shell is relative to where it was typed
             url = f"sqlite:///{os.path.abspath(url)}"  # not resolved: a symlink is refused
-        store = Store.open(self.config.state_url(url), clock=self.clock)
+        return self.config.state_url(url)
+
+    def journal_exists(self) -> bool:
+        """False only for a SQLite journal not created yet: a command that merely reads (a plan) then
+        needs no journal, and creates none."""
+        if "store" in self.__dict__:
+            return True
+        url = make_url(self.state_url)
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return True
+        return os.path.lexists(url.database)
+
+    @cached_property
+    def store(self) -> Store:
+        store = Store.open(self.state_url, clock=self.clock)
         notify.configure_store(store, self.config)  # the outbox fans events out to fleet.yml's targets
         store.locks.lease = timedelta(seconds=self.config.lock.lease)
         return store

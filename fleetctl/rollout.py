@@ -28,7 +28,8 @@ def valid_version(version: str) -> str:
 def make_plan(ctx: FleetContext, version: str, limit: str | None = None) -> Plan:
     """The plan for `version`, from the current inventory, policy and ledger. Touches no node."""
     valid_version(version)
-    versions = ctx.store.ledger.versions(ctx.component)
+    # No journal yet: nothing recorded, and a plan (or a refused rollout) must not create one.
+    versions = ctx.store.ledger.versions(ctx.component) if ctx.journal_exists() else {}
     return rollout_plan(
         ctx.fleet, ctx.config.rollout, versions, version, component=ctx.component, limit=limit
     )

@@ -209,7 +209,10 @@ def parse_instant(text: str) -> datetime:
         raise ValueError(f"not an ISO 8601 instant: {text!r} (e.g. 2026-03-29T00:30:00Z)") from None
     if dt.utcoffset() is None:
         raise ValueError(f"{text!r} has no UTC offset: add an offset such as Z or +01:00")
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is outside the calendar in UTC (years 1 to 9999)") from None
 
 
 def _aware(at: datetime) -> None:
