@@ -11,19 +11,24 @@ from typer.core import TyperGroup
 from fleetctl.errors import ExitCode, FleetError
 
 
+def one_line(text: str) -> str:
+    """An error stays one line whatever operator or node text it quotes: control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def report(exc: BaseException, debug: bool = False) -> int:
     """Print `exc` for a human on stderr; return the exit code."""
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, FleetError):
-        typer.echo(f"fleetctl: error: {exc.message}", err=True)
+        typer.echo(f"fleetctl: error: {one_line(exc.message)}", err=True)
         if exc.hint:
-            typer.echo(f"  hint: {exc.hint}", err=True)
+            typer.echo(f"  hint: {one_line(exc.hint)}", err=True)
         return int(exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
         typer.echo("fleetctl: interrupted", err=True)
         return int(ExitCode.INTERRUPTED)
-    typer.echo(f"fleetctl: internal error: {type(exc).__name__}: {exc}", err=True)
+    typer.echo(f"fleetctl: internal error: {type(exc).__name__}: {one_line(str(exc))}", err=True)
     typer.echo("  hint: rerun with --debug for the traceback, and report it", err=True)
     return int(ExitCode.FAILED)
 
