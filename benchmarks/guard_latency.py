@@ -51,7 +51,9 @@ def trial(nodes: int, interval: float, failures: int, tick: float, rng: random.R
     fleetctl = [str(BIN / "fleetctl")]
     try:
         configure(info, interval, failures)
-        out = subprocess.run([*fleetctl, "rollout", "2.0.0", "--yes"], env=env, capture_output=True, text=True)
+        out = subprocess.run(
+            [*fleetctl, "rollout", "2.0.0", "--yes"], env=env, capture_output=True, text=True
+        )
         if out.returncode != 0:
             raise SystemExit(f"rollout exited {out.returncode}: {out.stderr[-1500:]}")
         load_at = None
