@@ -326,11 +326,18 @@ def install_units(
             )
         cmd = f"{shlex.quote(exe)} --config {shlex.quote(cfg)} tick 2>&1 | logger -t fleetctl-tick"
         cmd = cmd.replace("%", "\\%")  # cron turns a bare % into a newline (the rest goes to stdin)
+        check = f"{shlex.quote(exe)} --config {shlex.quote(cfg)} check >/dev/null 2>&1 && ".replace(
+            "%", "\\%"
+        )
         return (
             f"# crontab -u {user} -e (the user that owns fleet.yml and its state database)\n"
             f"*/5 * * * * FLEETCTL_OPERATOR=fleetctl-tick {cmd}\n"
+            "# or, to tick only when the preflight passes (the guards' rounds then wait for it too):\n"
+            f"# */5 * * * * FLEETCTL_OPERATOR=fleetctl-tick {check}{cmd}\n"
         )
-    raise UsageError(f"unknown unit kind {kind!r}", "use --systemd or --cron")
+    if kind == "guard-watch":
+        return GUARD_WATCH.format(exe=_systemd_quote(exe, argument=False), cfg=_systemd_quote(cfg), user=user)
+    raise UsageError(f"unknown unit kind {kind!r}", "use --systemd, --cron or --guard-watch")
 
 
 _USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
@@ -374,6 +381,9 @@ Type=oneshot
 # the user that owns fleet.yml and its state database
 User={user}
 Environment=FLEETCTL_OPERATOR=fleetctl-tick
+# The preflight first (uncomment): a failed check (unreachable hosts, a missing artifact, ...) then skips
+# the tick and shows in `systemctl status`; the guards' rounds wait for the next passing check too.
+#ExecStartPre={exe} --config {cfg} check
 ExecStart={exe} --config {cfg} tick
 # A rollout can outlast the 5-minute beat; the timer does not start a second tick meanwhile.
 TimeoutStartSec=infinity
@@ -391,4 +401,26 @@ Persistent=false
 WantedBy=timers.target
 
 # then: systemctl daemon-reload && systemctl enable --now fleetctl-tick.timer
+"""
+
+GUARD_WATCH = """\
+# /etc/systemd/system/fleetctl-guard.service
+# The guard's rounds as a service, for those who prefer it to `tick` (both may run: a round is due once).
+[Unit]
+Description=fleetctl guard watch: probe the hosts of recent rollouts, roll back a build that fails late
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+# the user that owns fleet.yml and its state database
+User={user}
+Environment=FLEETCTL_OPERATOR=fleetctl-guard
+ExecStart={exe} --config {cfg} guard watch
+Restart=always
+RestartSec=10s
+
+[Install]
+WantedBy=multi-user.target
+
+# then: systemctl daemon-reload && systemctl enable --now fleetctl-guard.service
 """

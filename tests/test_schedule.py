@@ -161,10 +161,16 @@ def test_install_prints_systemd_units_or_a_crontab_line(make_sim, cli):
     assert f"--config {sim.config} tick" in units
     [line] = [ln for ln in cli("schedule install --cron", env=sim.env).stdout.splitlines() if ln[:1] != "#"]
     assert line.startswith("*/5 * * * * ") and line.endswith(" tick 2>&1 | logger -t fleetctl-tick")
-    assert schedule.install_units("cron", "/opt/fleet ctl/bin/fleetctl", "/etc/f.yml").count("'") == 2
+    cron_line = schedule.install_units("cron", "/opt/fleet ctl/bin/fleetctl", "/etc/f.yml").splitlines()[1]
+    assert cron_line.count("'") == 2
     assert '"/opt/fleet ctl/bin/fleetctl"' in schedule.install_units(
         "systemd", "/opt/fleet ctl/bin/fleetctl", "/f"
     )
+    assert "check" in units.split("#ExecStartPre=", 1)[1].splitlines()[0]  # the preflight, offered
+    guard = cli("schedule install --guard-watch", env=sim.env).stdout
+    assert f"--config {sim.config} guard watch" in guard and "Restart=always" in guard
+    assert "User=" in guard and "[Timer]" not in guard
+    cli("schedule install --systemd --guard-watch", env=sim.env, code=2)
 
 
 # -- tick ----------------------------------------------------------------------------------------------
@@ -282,8 +288,10 @@ def test_install_cron_line_escapes_percent_and_runs_as_the_owner(tmp_path):
     exe, cfg, out = _odd_install(tmp_path)
     text = schedule.install_units("cron", exe, cfg)
     owner = pwd.getpwuid(cfg.stat().st_uid).pw_name
-    comment, line = text.splitlines()
+    comment, line, offer, checked = text.splitlines()
     assert comment.startswith(f"# crontab -u {owner} -e")
+    assert offer.startswith("# or, to tick only when the preflight passes")
+    assert checked.startswith("# */5 ") and " check " in checked and "%" not in checked.replace("\\%", "")
     assert "%" not in line.replace("\\%", "")  # every % escaped: cron would cut the line there
     # What cron does with the line (crontab(5)): an unescaped % ends the command, `\%` is a %; then sh.
     command = line.split(" ", 5)[5].replace("\\%", "\0").split("%")[0].replace("\0", "%")

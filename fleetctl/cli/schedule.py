@@ -116,16 +116,22 @@ def install(
     ctx: typer.Context,
     systemd: Annotated[bool, typer.Option("--systemd", help="Print a systemd service and timer.")] = False,
     cron: Annotated[bool, typer.Option("--cron", help="Print a crontab line.")] = False,
+    guard_watch: Annotated[
+        bool, typer.Option("--guard-watch", help="Print a systemd service running `fleetctl guard watch`.")
+    ] = False,
 ) -> None:
-    """Print what to install so `fleetctl tick` runs every 5 minutes (nothing is installed)."""
-    if systemd == cron:
+    """Print what to install so `fleetctl tick` runs every 5 minutes (with the preflight `check` offered
+    as a commented line), or the guard as a service (nothing is installed)."""
+    if systemd + cron + guard_watch != 1:
         raise UsageError(
-            "give exactly one of --systemd or --cron", "e.g. fleetctl schedule install --systemd"
+            "give exactly one of --systemd, --cron or --guard-watch",
+            "e.g. fleetctl schedule install --systemd",
         )
     st = state(ctx)
     config = find_config(st.ctx.config_path, st.ctx.env)
     exe = shutil.which("fleetctl") or str(Path(sys.argv[0]).resolve())
-    typer.echo(schedule.install_units("systemd" if systemd else "cron", exe, config), nl=False)
+    kind = "systemd" if systemd else "cron" if cron else "guard-watch"
+    typer.echo(schedule.install_units(kind, exe, config), nl=False)
 
 
 def tick(ctx: typer.Context, json_out: JsonOption = False) -> None:
