@@ -164,6 +164,22 @@ def guard(ctx: FleetContext, rb: Rollback) -> None:
     raise UsageError(f"{what}: that is a rollout, not a rollback", hint)
 
 
+def _newest_or_unfinished(ctx: FleetContext) -> RunRecord:
+    """The rollout to revert. When none changed a host yet but one was left unfinished (killed before
+    its first host changed), that one: nothing to restore, but it must not be resumed afterwards."""
+    try:
+        return newest_changing_rollout(ctx)
+    except UsageError:
+        from fleetctl.control import resumable
+
+        for run in ctx.store.runs.list(
+            limit=50, kind="rollout", statuses=("paused", "interrupted", "running")
+        ):
+            if resumable(ctx, run):
+                return run
+        raise
+
+
 def newest_changing_rollout(ctx: FleetContext) -> RunRecord:
     """The rollout that changed a host last (not the one started last: an older run resumed later
     changed hosts after a newer one)."""
@@ -219,7 +235,7 @@ def prepare(
     else:
         from fleetctl.control import find_run
 
-        run = find_run(ctx, run_ref) if run_ref else newest_changing_rollout(ctx)
+        run = find_run(ctx, run_ref) if run_ref else _newest_or_unfinished(ctx)
         if run.kind != "rollout":
             raise UsageError(
                 f"run {run.id} is a {run.kind}; only a rollout can be reverted",
@@ -296,7 +312,8 @@ def start(
     try:
         rb = rollback() if callable(rollback) else rollback
         plan = rb.plan
-        if not plan.hosts:
+        if not plan.hosts:  # nothing to restore; a rollout left unfinished must still not go on
+            supersede_rollouts(ctx, "(nothing to restore)")
             return None
         guard(ctx, rb)  # again under the lock: a quarantine or a freeze may have begun since the preview
         options = {
@@ -335,16 +352,36 @@ def start(
         store.locks.release(ctx.lock_name, token)
 
 
-def supersede_rollouts(ctx: FleetContext, rollback_id: str) -> None:
-    """A rollout left paused or interrupted must not be resumed after a rollback: it ends `aborted`."""
+def supersede_rollouts(ctx: FleetContext, rollback_id: str) -> list[str]:
+    """A rollout left paused or interrupted must not be resumed after a rollback: it ends `aborted`.
+    Returns the ids of the runs it ended."""
     from fleetctl.control import resumable
 
+    ended = []
     for run in ctx.store.runs.list(limit=50, kind="rollout", statuses=("paused", "interrupted", "running")):
         if resumable(ctx, run):
             ctx.store.runs.update(
                 run.id, status="aborted", status_reason=f"superseded by rollback {rollback_id}"
             )
             ctx.store.audit.record("run.superseded", run.id, f"rollback {rollback_id}", ctx.who)
+            ended.append(run.id)
+    return ended
+
+
+def nothing_to_restore(ctx: FleetContext) -> list[str]:
+    """The rollback found nothing to restore. A rollout left unfinished (killed or paused before it
+    changed a host) still ends, under the lock, so that no later `resume` pushes what the operator
+    stopped. Returns the ids of the runs it ended."""
+    from fleetctl.control import resumable
+
+    statuses = ("paused", "interrupted", "running")
+    if not any(resumable(ctx, r) for r in ctx.store.runs.list(limit=50, kind="rollout", statuses=statuses)):
+        return []
+    token = take_lock(ctx)
+    try:
+        return supersede_rollouts(ctx, "(nothing to restore)")
+    finally:
+        ctx.store.locks.release(ctx.lock_name, token)
 
 
 def retry_failed(ctx: FleetContext, engine_ready: Callable[[Engine], None] | None = None) -> RunRecord:

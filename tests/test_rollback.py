@@ -47,6 +47,7 @@ def test_rollback_restores_30_nodes_after_a_careless_push(make_sim: Callable[...
             "quarantined": None,
             "reason": None,
             "moves": [],
+            "superseded": [],
         }
     ]
     assert len(cli.json("history --json", env=sim.env)["changes"]) == history_before
@@ -243,3 +244,20 @@ def test_a_rollback_supersedes_a_paused_rollout(make_sim: Callable[..., Sim], cl
     runs = {r["id"]: r for r in cli.json("runs --json", env=sim.env)["runs"]}
     assert runs[rollout_id]["status"] == "aborted" and "superseded by rollback" in runs[rollout_id]["reason"]
     assert "no paused or interrupted run" in cli("resume --yes", env=sim.env, code=2).stderr
+
+
+def test_rollback_with_nothing_to_restore_still_ends_an_unfinished_rollout(sim: Sim, cli: Cli) -> None:
+    """A rollout stopped before any host changed (killed early, or paused before its first batch) is not
+    left resumable by an emergency `rollback`: a later `resume` must not push what the operator stopped."""
+    from fleetctl import rollout as rollouts
+    from fleetctl.context import FleetContext
+
+    ctx = FleetContext(config_path=sim.config, env=sim.env)
+    plan = rollouts.make_plan(ctx, "1.1.0")
+    run = rollouts.start(ctx, plan, checks=[], checkpoints=[lambda *_: "stopped by the test"])
+    assert run is not None and run.status == "paused"
+
+    cli("rollback --yes", env=sim.env)  # nothing to restore: exit 0
+    assert cli.json(f"status {run.id} --json", env=sim.env)["run"]["status"] == "aborted"
+    cli("resume --yes", env=sim.env, code=2)  # nothing left to resume
+    assert set(sim.current().values()) == {"1.0.0"}

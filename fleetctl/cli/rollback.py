@@ -85,10 +85,13 @@ def rollback(
         reason=reason,
     )
     if not preview.plan.hosts:
+        ended = rollbacks.nothing_to_restore(st.ctx)
         if json_out:
-            return print_json({**summary(None, "rollback", "noop"), "moves": []})
+            return print_json({**summary(None, "rollback", "noop"), "moves": [], "superseded": ended})
         what = f"run {preview.reverts} is" if preview.reverts else "the selected hosts are"
         st.err.print(f"nothing to do: {what} already at the target version(s)")
+        for run_id in ended:
+            st.err.print(f"run {run_id} ended aborted: it will not be resumed (superseded by this rollback)")
         return
     confirm(st, yes, lambda: show(st, preview), f"Roll back {len(preview.plan.hosts)} host(s)?")
 
