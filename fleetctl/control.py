@@ -64,6 +64,7 @@ class RunStatus:
     holder_alive: bool
     now: datetime
     quarantined: QuarantineEntry | None = None
+    guard: dict[str, Any] | None = None  # the run's guard after it succeeded (fleetctl.guard.GuardStatus)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -96,6 +97,7 @@ class RunStatus:
             "run": run,
             "failed": failed_hosts(self.hosts),
             "quarantined": self.quarantined.to_json() if self.quarantined else None,
+            "guard": self.guard,
             "hosts": [h.to_json() for h in self.hosts],
         }
 
@@ -135,7 +137,14 @@ def resumable(ctx: FleetContext, run: RunRecord) -> bool:
 def status(ctx: FleetContext, ref: str | None = None) -> RunStatus:
     run = find_run(ctx, ref)
     hosts = ctx.store.runs.hosts(run.id)
-    return RunStatus(run, hosts, holder_alive(ctx, run), ctx.now(), quarantined_by(ctx, run))
+    guarded = ctx.store.guards.get(run.id)
+    guard_doc = None
+    if guarded is not None:
+        from fleetctl.guard import GuardStatus
+
+        doc = GuardStatus(guarded, ctx.store.guards.hosts(run.id)).to_json()
+        guard_doc = {**doc["guard"], "guarded": doc["guarded"], "failing": doc["failing"]}
+    return RunStatus(run, hosts, holder_alive(ctx, run), ctx.now(), quarantined_by(ctx, run), guard_doc)
 
 
 def pause(ctx: FleetContext, ref: str | None = None) -> RunRecord:

@@ -94,6 +94,9 @@ def test_below_budget_a_failing_host_is_recorded_not_rolled_back(make_sim, cli: 
     assert "no answer within" in status["failing"][0]["error"]
     text = cli("guard status", env=sim.env).stdout
     assert sick in text and "failed" in text
+    run = cli.json("status --json", env=sim.env)  # the run's own status shows it too
+    assert [h["host"] for h in run["guard"]["failing"]] == [sick]
+    assert f"! {sick} failed under guard" in cli("status", env=sim.env).stdout
     assert {v for h, v in sim.current().items() if h != sick} == {"1.1.0"}  # nothing was rolled back
     assert cli.json("quarantine list --json", env=sim.env)["quarantine"] == []
 

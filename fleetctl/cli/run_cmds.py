@@ -289,6 +289,13 @@ def render_status(s: control.RunStatus) -> str:
     q = full["quarantined"]
     if q:
         lines.append(f"  version {q['version']} quarantined: {q['reason']}")
+    g = full["guard"]
+    if g:
+        lines.append(
+            f"  guard {g['status']}: {g['guarded']} host(s) until {g['until']}, {g['rounds']} round(s), "
+            f"{len(g['failing'])} failing (see `fleetctl guard status {doc['id']}`)"
+        )
+        lines.extend(f"  ! {h['host']} {h['state']} under guard: {h['error']}" for h in g["failing"])
     return "\n".join(lines)
 
 
