@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,10 +118,23 @@ def _auth(host: Host) -> str | None:
 def _open(url: str, auth: str | None) -> Any:
     if "://" not in url:
         url = Path(url).resolve().as_uri()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if "@" in parts.netloc:  # user:password@ travels as a header, never in the URL urllib parses
+            userinfo, _, host = parts.netloc.rpartition("@")
+            user, _, password = userinfo.partition(":")
+            token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+            auth = auth or "Basic " + base64.b64encode(token.encode()).decode()
+            url = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    except ValueError as exc:
+        raise OSError(f"not a valid URL: {exc}") from None
     request = urllib.request.Request(url, headers={"User-Agent": "fleetctl-check"})
     if auth and url.startswith(("http://", "https://")):
         request.add_header("Authorization", auth)
-    return urllib.request.urlopen(request, timeout=FETCH_TIMEOUT)  # noqa: S310 - file:// is the sim's store
+    try:
+        return urllib.request.urlopen(request, timeout=FETCH_TIMEOUT)  # noqa: S310 - file:// is the sim's store
+    except (ValueError, http.client.HTTPException) as exc:  # a malformed URL or answer: no password in it
+        raise OSError(f"{type(exc).__name__}") from None
 
 
 def fetch_digest(url: str, auth: str | None = None) -> tuple[str, int]:
@@ -144,8 +159,13 @@ def lookup_sum(sums_url: str, filename: str, auth: str | None = None) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without user:password@."""
-    return re.sub(r"//[^/@]*@", "//", url)
+    """The URL without user:password@ and without its query (presigned tokens)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return re.sub(r"//.*@", "//", url.split("?", 1)[0])
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _why(exc: OSError) -> str:

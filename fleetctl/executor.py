@@ -194,11 +194,11 @@ class Executor:
         finally:
             # A cancel kills the playbook's process group, not its workers (each in a session of its
             # own) nor their modules: end them, and wait, before anyone looks at the hosts.
-            terminate(group)
+            survivors = terminate(group)
             limit_file.unlink(missing_ok=True)
             vars_file.unlink(missing_ok=True)
             inv_file.unlink(missing_ok=True)
-            if self.journal:
+            if self.journal and not survivors:  # else the record stays: the next lock holder reaps it
                 self.journal.clear(group)
         status, rc = runner.status, runner.rc
         tail = None

@@ -109,7 +109,10 @@ def load_fleet(
     if not any(set(_FINGERPRINT_VARS) & _special_keys(row[2]) for row in doc["hosts"] if row[3]):
         # Nothing templated or vaulted in what the fingerprint covers: it is the same for every load.
         doc["fingerprint"] = fleet.whole_fingerprint = fleet.fingerprint()
-    write_index(path, json.dumps(doc, separators=(",", ":")))
+    try:
+        write_index(path, json.dumps(doc, separators=(",", ":")))
+    except OSError:  # a read-only checkout or another user's state dir: work without the index
+        pass
     return fleet
 
 
@@ -246,7 +249,8 @@ def _index_loader(source_files: list[str]) -> Any:
 def write_index(path: Path, text: str) -> None:
     """Atomically, private (0600): a reader sees the old index or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # a leftover keeps its own mode: make a new, private one
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -260,3 +260,42 @@ def test_missing_checksum_is_refused_unless_fleet_yml_opts_out(make_sim: Any, cl
     assert load_config(sim.config).playbook_vars()["hc_require_checksum"] is False
     cli("rollout 1.1.0 --yes", env=sim.env)
     assert set(sim.current().values()) == {"1.1.0"}
+
+
+def test_check_sends_url_credentials_as_a_header_and_never_prints_them(tmp_path) -> None:
+    """`fleetctl check` (fleetctl.artifacts): user:password@ in an artifact URL goes out as Basic auth,
+    and no error or shown URL carries the password (a URL urllib cannot parse used to raise with it)."""
+    import base64
+    import http.server
+    import threading
+
+    from fleetctl import artifacts
+
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        digest, size = artifacts.fetch_digest(f"http://bob:s3cret@127.0.0.1:{port}/x.tgz")
+        assert size == 2 and seen == ["Basic " + base64.b64encode(b"bob:s3cret").decode()]
+    finally:
+        server.shutdown()
+    try:
+        artifacts.fetch_digest("http://bob:s3cret@127.0.0.1:1/x.tgz")
+    except OSError as exc:
+        assert "s3cret" not in str(exc)
+    assert (
+        artifacts.redact("https://bob:s3cret@store.example/x.tgz?X-Sig=abc") == "https://store.example/x.tgz"
+    )
