@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from fleetctl import guard
 from fleetctl.context import FleetContext
-from fleetctl.errors import Interrupted
+from fleetctl.errors import FleetError, Interrupted
 from fleetctl.executor import Executor, HostResult
 from fleetctl.health import Prober, bake
 from fleetctl.plan import Plan, StagePlan
@@ -333,7 +333,10 @@ class Engine(Reverter):
         self.ctx.emit("run.finished", run_id, status=status, reason=reason)
         run = self._run(run_id)
         if status == "succeeded" and run.kind == "rollout":  # the rollout is not over: guard its hosts
-            guard.begin(self.ctx, run, [h for h, s in self._states(run_id).items() if s.state == "done"])
+            try:  # the run has succeeded whatever happens here; a missed guard is adopted by the next tick
+                guard.begin(self.ctx, run, [h for h, s in self._states(run_id).items() if s.state == "done"])
+            except FleetError as exc:
+                self.ctx.emit("message", run_id, text=f"the guard could not start yet: {exc.message}")
 
     def _states(self, run_id: str) -> dict[str, RunHost]:
         return {h.host: h for h in self.store.runs.hosts(run_id)}

@@ -7,7 +7,9 @@ probes for `guard.duration`: `fleetctl tick` (or `fleetctl guard watch`) runs on
 `max_failures` trip the guard. `on_trip: rollback` quarantines the version with the evidence and rolls the
 run back fleet-wide through the one-command rollback (preempting whatever runs, allowed during freezes);
 `on_trip: alert` freezes the fleet instead. A guard goes active -> tripped -> rolled_back (the trip's
-rollback ended), or ends expired, stopped (by hand) or released (a newer run moved every host). Every step is journaled and audited, and is an event.
+rollback ended) or alerted (the fleet frozen), or ends expired, stopped (by hand) or released (a newer
+run moved every host). A round is claimed in the journal first, so `tick` and `guard watch` never run
+the same round twice. Every step is journaled and audited, and is an event.
 """
 
 from __future__ import annotations
@@ -151,12 +153,31 @@ def run_due(ctx: FleetContext, engine_ready: Callable[[Engine], None] | None = N
             ):
                 ctx.emit("guard.expired", guard.run_id, version=guard.version, rounds=guard.rounds)
             continue
-        if guard.due(now):
+        if guard.due(now) and ctx.store.guards.claim_round(guard):
             outcomes.append(round_once(ctx, guard, engine_ready))
     for guard in ctx.store.guards.list(statuses=("tripped",), limit=20):
-        if guard.on_trip == "rollback" and not any(o.guard.run_id == guard.run_id for o in outcomes):
-            _finish_trip(ctx, guard, engine_ready)
+        if not any(o.guard.run_id == guard.run_id for o in outcomes):
+            _act(ctx, guard, engine_ready)  # a crash or a busy lock left the trip's action undone
+    _adopt(ctx, now)
     return outcomes
+
+
+def _adopt(ctx: FleetContext, now: datetime) -> None:
+    """A rollout that succeeded but whose guard was never written (a crash right after its end) is
+    guarded now, if it is the newest run and its guard period is not over."""
+    cfg = ctx.config.guard
+    newest = ctx.store.runs.list(limit=1)
+    if cfg is None or not newest:
+        return
+    run = newest[0]
+    ended = run.finished_at or run.created_at
+    if (
+        run.kind == "rollout"
+        and run.status == "succeeded"
+        and (now - ended).total_seconds() < cfg.duration
+        and ctx.store.guards.get(run.id) is None
+    ):
+        begin(ctx, run, [h.host for h in ctx.store.runs.hosts(run.id) if h.state == "done"])
 
 
 def round_once(
@@ -236,6 +257,7 @@ def _trip(
         guard.run_id, "tripped", reason=reason, by=ctx.who, audit=("guard.trip", evidence)
     ):
         return  # another process tripped it first
+    guard = ctx.store.guards.get(guard.run_id) or guard
     outcome.tripped, outcome.action = True, guard.on_trip
     ctx.emit(
         "guard.tripped",
@@ -246,14 +268,28 @@ def _trip(
         failed=[{"host": h, "error": e} for h, e in sorted(outcome.failed.items())][:20],
         first_failure_at=evidence["first_failure_at"],
     )
+    _act(ctx, guard, engine_ready, outcome)
+
+
+def _act(
+    ctx: FleetContext,
+    guard: Guard,
+    engine_ready: Callable[[Engine], None] | None,
+    outcome: RoundOutcome | None = None,
+) -> None:
+    """What a trip does; every step may be repeated, so a crash between them is mended by the next tick:
+    `alert` freezes the fleet (once); `rollback` quarantines the version (once) and rolls the run back."""
+    reason = guard.end_reason or f"guard tripped on run {guard.run_id}"
     if guard.on_trip == "alert":
-        ctx.store.freezes.add(
-            scope="all", reason=f"guard tripped on run {guard.run_id}: {reason}"[:500], by=ctx.who, until=None
-        )
-        ctx.emit("message", guard.run_id, text="the fleet is frozen until `fleetctl freeze off --reason ...`")
+        marker = f"guard tripped on run {guard.run_id}"
+        if not any(f.reason.startswith(marker) for f in ctx.store.freezes.active(ctx.now())):
+            ctx.store.freezes.add(scope="all", reason=f"{marker}: {reason}"[:500], by=ctx.who, until=None)
+            ctx.emit(
+                "message", guard.run_id, text="the fleet is frozen until `fleetctl freeze off --reason ...`"
+            )
+        ctx.store.guards.settle(guard.run_id, "alerted")
         return
     ctx.store.quarantine.add(guard.component, guard.version, reason=reason, run_id=guard.run_id, by=ctx.who)
-    guard = ctx.store.guards.get(guard.run_id) or guard
     _finish_trip(ctx, guard, engine_ready, outcome)
 
 
@@ -275,7 +311,7 @@ def _finish_trip(
                 if outcome:
                     outcome.rollback_run = run.id
             if run is None or run.status in FINISHED:
-                ctx.store.guards.rolled_back(guard.run_id)
+                ctx.store.guards.settle(guard.run_id, "rolled_back")
             return
         guarded = [h.host for h in ctx.store.guards.hosts(guard.run_id) if h.state != "released"]
         run = rollbacks.start(
@@ -288,7 +324,7 @@ def _finish_trip(
         if outcome:
             outcome.rollback_run = run.id if run else None
         if run is None or run.status in FINISHED:  # else interrupted: the next tick resumes it
-            ctx.store.guards.rolled_back(guard.run_id)
+            ctx.store.guards.settle(guard.run_id, "rolled_back")
     except (LockedError, FleetError) as exc:
         if outcome:
             outcome.error = exc.message

@@ -140,6 +140,9 @@ def test_on_trip_alert_freezes_the_fleet_instead(make_sim, cli: Cli) -> None:
     freeze = cli.json("freeze status --json", env=sim.env)
     assert freeze["frozen"] and "guard tripped" in freeze["by"][0]["reason"]
     cli("rollout 1.1.0 --yes", env=sim.env, code=3)  # the freeze holds
+    assert cli.json("guard status --json", env=sim.env)["guard"]["status"] == "alerted"
+    next_round(cli, sim)  # the trip's action is not repeated: still one freeze
+    assert len(cli.json("freeze status --json", env=sim.env)["by"]) == 1
 
 
 def test_a_new_rollout_releases_the_hosts_it_moves(make_sim, cli: Cli) -> None:
@@ -194,3 +197,23 @@ def test_the_guard_undoes_a_downgrade_too(make_sim, cli: Cli) -> None:
     assert out["tripped"] and out["rollback_run"] and out["error"] is None
     assert set(sim.current().values()) == {"1.2.0"}
     assert cli.json("guard status --json", env=sim.env)["guard"]["status"] == "rolled_back"
+
+
+def test_a_guard_lost_to_a_crash_is_adopted_and_a_round_is_claimed_once(make_sim, cli: Cli) -> None:
+    """kill -9 between a rollout's success and its guard's row: the next tick guards it all the same.
+    Two processes due for the same round: only one takes it."""
+    from fleetctl.context import FleetContext
+    from fleetctl.store.guards import guard_hosts, guards
+
+    sim = guarded_sim(make_sim, nodes=3)
+    run = cli.json_lines("rollout 1.1.0 --yes --json", env=sim.env)[-1]["run"]
+    ctx = FleetContext(config_path=sim.config, env=sim.env)
+    with ctx.store.tx() as conn:  # as if the process died right after writing `succeeded`
+        conn.execute(guard_hosts.delete())
+        conn.execute(guards.delete())
+    assert tick(cli, sim)["guards"] == []  # adopted (its first round is due at the next tick)
+    adopted = cli.json("guard status --json", env=sim.env)
+    assert adopted["guard"]["run"] == run and adopted["guarded"] == 3
+    g = ctx.store.guards.get(run)
+    assert g is not None and ctx.store.guards.claim_round(g)
+    assert not ctx.store.guards.claim_round(g)  # the same round, a second time: refused

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from fleetctl.store import Store
 
 ACTIVE = "active"
-ENDED = ("tripped", "rolled_back", "expired", "stopped", "released")
+ENDED = ("tripped", "rolled_back", "alerted", "expired", "stopped", "released")
 
 guards = Table(
     "guards",
@@ -28,7 +28,7 @@ guards = Table(
     Column("run_id", String(64), primary_key=True),
     Column("component", String(64), nullable=False),
     Column("version", String(128), nullable=False),
-    # active tripped rolled_back expired stopped released
+    # active tripped rolled_back alerted expired stopped released
     Column("status", String(16), nullable=False, index=True),
     Column("on_trip", String(16), nullable=False),  # rollback | alert
     Column("interval", Float, nullable=False),
@@ -196,21 +196,42 @@ class Guards:
             ).mappings()
             return [GuardHost(**r) for r in rows]
 
-    def record_round(self, run_id: str, updates: dict[str, dict[str, Any]]) -> None:
-        """One round's outcome: per host the new state/streak/failure fields, and the round counter."""
-        now = self.store.now()
+    def claim_round(self, guard: Guard) -> bool:
+        """Take the due round of `guard` (tick and `guard watch` may both be running): False when another
+        process took it first or the guard ended meanwhile."""
+        last = guards.c.last_round_at
         with self.store.tx() as conn:
+            return bool(
+                conn.execute(
+                    guards.update()
+                    .where(
+                        guards.c.run_id == guard.run_id,
+                        guards.c.status == ACTIVE,
+                        last.is_(None) if guard.last_round_at is None else last == guard.last_round_at,
+                    )
+                    .values(last_round_at=self.store.now())
+                ).rowcount
+            )
+
+    def record_round(self, run_id: str, updates: dict[str, dict[str, Any]]) -> None:
+        """One round's outcome: per host the new state/streak/failure fields, and the round counter.
+        A host released meanwhile (a newer run moved it) or a guard that ended keeps what it has."""
+        with self.store.tx() as conn:
+            if not conn.execute(
+                select(guards.c.run_id).where(guards.c.run_id == run_id, guards.c.status == ACTIVE)
+            ).first():
+                return
             for host, values in updates.items():
                 conn.execute(
                     guard_hosts.update()
-                    .where(guard_hosts.c.run_id == run_id, guard_hosts.c.host == host)
+                    .where(
+                        guard_hosts.c.run_id == run_id,
+                        guard_hosts.c.host == host,
+                        guard_hosts.c.state != "released",
+                    )
                     .values(**values)
                 )
-            conn.execute(
-                guards.update()
-                .where(guards.c.run_id == run_id)
-                .values(rounds=guards.c.rounds + 1, last_round_at=now)
-            )
+            conn.execute(guards.update().where(guards.c.run_id == run_id).values(rounds=guards.c.rounds + 1))
 
     def end(
         self,
@@ -234,13 +255,14 @@ class Guards:
                 self.store.audit.write(conn, audit[0], run_id, reason, by, audit[1])
         return bool(done)
 
-    def rolled_back(self, run_id: str) -> None:
-        """The trip's rollback has ended (or had nothing to do): the guard is settled."""
+    def settle(self, run_id: str, status: str) -> None:
+        """The trip's action is done: `rolled_back` (its rollback ended, or had nothing to do) or
+        `alerted` (the fleet is frozen)."""
         with self.store.tx() as conn:
             conn.execute(
                 guards.update()
                 .where(guards.c.run_id == run_id, guards.c.status == "tripped")
-                .values(status="rolled_back")
+                .values(status=status)
             )
 
     def set_rollback(self, run_id: str, rollback_run_id: str) -> None:
