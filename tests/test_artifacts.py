@@ -232,14 +232,27 @@ def status_host(cli: Cli, sim: Sim, name: str) -> dict[str, Any]:
     return next(h for h in cli.json("status --json", env=sim.env)["hosts"] if h["host"] == name)
 
 
+def node_side_update(sim: Sim, version: str) -> str:
+    """update.yml on node-001 straight through the executor (real ansible-runner), past the
+    controller's preflight, as a fleet whose store changed after the check would see it: the error."""
+    from fleetctl.context import FleetContext
+
+    ctx = FleetContext(config_path=sim.config, env=sim.env)
+    result = ctx.executor().run("update.yml", ["node-001"], extravars={"hc_version": version})
+    host = result.results["node-001"]
+    assert host.status == "failed"
+    return host.error or ""
+
+
 def test_checksum_mismatch_fails_the_host_with_both_digests(make_sim: Any, cli: Cli) -> None:
     sim = make_sim(nodes=3, stages=TWO_BATCHES)
     store = sim.dir / "artifacts"
     listed = hashlib.sha256((store / "host-controller-1.2.0.tar.gz").read_bytes()).hexdigest()
     tampered = artifacts.build_tarball("1.2.0", 1.0)  # a different build under the same name
     (store / "host-controller-1.2.0.tar.gz").write_bytes(tampered)  # SHA256SUMS not updated
-    cli("rollout 1.2.0 --yes", env=sim.env, code=1)
-    error = status_host(cli, sim, "node-001")["error"]
+    cli("rollout 1.2.0 --yes", env=sim.env, code=2)  # the controller's preflight refuses: nothing run
+    assert set(sim.current().values()) == {"1.0.0"}
+    error = node_side_update(sim, "1.2.0")  # and a node refuses it by itself too
     assert f"expected sha256:{listed}" in error
     assert f"got sha256:{hashlib.sha256(tampered).hexdigest()}" in error
     assert set(sim.current().values()) == {"1.0.0"}
@@ -249,13 +262,13 @@ def test_checksum_mismatch_fails_the_host_with_both_digests(make_sim: Any, cli: 
 def test_missing_checksum_is_refused_unless_fleet_yml_opts_out(make_sim: Any, cli: Cli) -> None:
     sim = make_sim(nodes=3, stages=TWO_BATCHES)
     (sim.dir / "artifacts" / "SHA256SUMS").unlink()
-    cli("rollout 1.1.0 --yes", env=sim.env, code=1)
-    error = status_host(cli, sim, "node-001")["error"]
+    cli("rollout 1.1.0 --yes", env=sim.env, code=2)  # the controller's preflight refuses: nothing run
+    assert set(sim.current().values()) == {"1.0.0"}
+    error = node_side_update(sim, "1.1.0")  # and a node refuses it by itself too
     assert "no checksum for file://" in error and "SHA256SUMS does not exist" in error
     assert "hc_artifact_checksum" in error and "require_checksum: false" in error  # the fixes
     assert set(sim.current().values()) == {"1.0.0"}
     assert sim.releases("node-001") == {"1.0.0"}
-    cli("quarantine clear 1.1.0 --reason 'checksums published'", env=sim.env, code=None)
     sim.write_config(artifacts={"require_checksum": False})
     assert load_config(sim.config).playbook_vars()["hc_require_checksum"] is False
     cli("rollout 1.1.0 --yes", env=sim.env)
