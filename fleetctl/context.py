@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from fleetctl import notify
 from fleetctl.config import FleetConfig, find_config, load_config
+from fleetctl.errors import ConfigError
 from fleetctl.events import Event, EventSink, discard
 from fleetctl.executor import Executor, ExecutorSettings
 from fleetctl.health import Prober
@@ -100,7 +101,7 @@ class FleetContext:
 
     @cached_property
     def store(self) -> Store:
-        store = Store.open(self.state_url, clock=self.clock)
+        store = Store.open(self.state_url, clock=self.clock, fleet=self.fleet_name)
         notify.configure_store(store, self.config)  # the outbox fans events out to fleet.yml's targets
         store.locks.lease = timedelta(seconds=self.config.lock.lease)
         return store
@@ -109,9 +110,20 @@ class FleetContext:
     def component(self) -> str:
         return self.config.component
 
+    @cached_property
+    def fleet_name(self) -> str:
+        """fleet.yml `name:`, which scopes the journal; required once the journal is a shared server (two
+        fleets must not fall back to the same directory name), else the name of fleet.yml's directory."""
+        if self.config.name is None and make_url(self.state_url).get_backend_name() != "sqlite":
+            raise ConfigError(
+                "fleet.yml: name: is required when `state:` / --db is a database server (several fleets share it)",
+                "add e.g. `name: prod-eu` to fleet.yml (unique among the fleets in that database)",
+            )
+        return notify.fleet_name(self.config)
+
     @property
     def lock_name(self) -> str:
-        return f"fleet:{self.component}"
+        return f"fleet:{self.fleet_name}:{self.component}"
 
     @cached_property
     def state_dir(self) -> Path:

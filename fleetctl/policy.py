@@ -18,7 +18,7 @@ from fleetctl.context import FleetContext
 from fleetctl.engine import Checkpoint
 from fleetctl.errors import FrozenError, InventoryError, UsageError
 from fleetctl.plan import Plan, StagePlan
-from fleetctl.store.controls import Freeze
+from fleetctl.store.controls import ALL_FLEETS, Freeze
 from fleetctl.store.runs import RunRecord
 from fleetctl.units import parse_duration
 
@@ -39,6 +39,7 @@ class FreezeCause:
     reason: str
     until: datetime | None
     scope: str = "all"
+    all_fleets: bool = False  # a manual freeze set with --all-fleets: every fleet in the journal
 
     def describe(self) -> str:
         """`manual #3 on ring1 until ...: reason` or `window year-end until ...`."""
@@ -46,7 +47,8 @@ class FreezeCause:
         if self.kind == "window":
             return f"window {self.name}{until}"
         scope = "" if self.scope == "all" else f" on {self.scope}"
-        return f"{self.name}{scope}{until}: {self.reason}"
+        fleets = " (all fleets)" if self.all_fleets else ""
+        return f"{self.name}{fleets}{scope}{until}: {self.reason}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +57,7 @@ class FreezeCause:
             "reason": self.reason,
             "until": self.until.isoformat() if self.until else None,
             "scope": self.scope,
+            "all_fleets": self.all_fleets,
         }
 
 
@@ -65,6 +68,7 @@ class FreezeStatus:
     at: datetime
     by: list[FreezeCause]
     next_change: datetime | None
+    fleet: str = ""  # the fleet it is the status of (fleet.yml `name:`)
 
     @property
     def frozen(self) -> bool:
@@ -72,6 +76,7 @@ class FreezeStatus:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "fleet": self.fleet,
             "frozen": self.frozen,
             "by": [c.to_json() for c in self.by],
             "next_change": self.next_change.isoformat() if self.next_change else None,
@@ -91,7 +96,14 @@ class FreezeEntry:
 
 # -- what is in force ---------------------------------------------------------------------------------
 def _manual(freeze: Freeze) -> FreezeCause:
-    return FreezeCause("manual", f"manual #{freeze.id}", freeze.reason, freeze.until, freeze.scope)
+    return FreezeCause(
+        "manual",
+        f"manual #{freeze.id}",
+        freeze.reason,
+        freeze.until,
+        freeze.scope,
+        freeze.fleet == ALL_FLEETS,
+    )
 
 
 def _causes(ctx: FleetContext, at: datetime) -> list[FreezeCause]:
@@ -141,7 +153,7 @@ def status(ctx: FleetContext, at: datetime | None = None) -> FreezeStatus:
         if _frozen_at(ctx, t) != frozen:
             flip = t
             break
-    return FreezeStatus(at, by, flip)
+    return FreezeStatus(at, by, flip, ctx.store.fleet)
 
 
 def entries(ctx: FleetContext, limit: int = 100) -> list[FreezeEntry]:
@@ -190,23 +202,35 @@ def freeze_on(
     until: datetime | str | None = None,
     for_: float | str | None = None,
     scope: str = "all",
+    all_fleets: bool = False,
 ) -> Freeze:
-    """Start a manual freeze on the hosts matching `scope` (an Ansible pattern). Audited as freeze.on."""
+    """Start a manual freeze on the hosts matching `scope` (an Ansible pattern), or on every fleet in the
+    journal (all_fleets: scope must be all, a pattern means nothing in another inventory). Audited."""
     if not reason or not reason.strip():
         raise UsageError("--reason must not be empty", "say why, e.g. --reason 'INC-123: IPC backlog'")
     end = _until(ctx, until, for_)
     scope = (scope or "all").strip()
+    if all_fleets and scope != "all":
+        raise UsageError(
+            f"--all-fleets with -l {scope}: a host pattern means nothing in the other fleets' inventories",
+            "drop -l to freeze every fleet, or drop --all-fleets to freeze these hosts of this fleet",
+        )
     try:
         ctx.fleet.select(scope, required=True)
     except InventoryError as exc:
         raise UsageError(f"-l {scope}: {exc.message}", exc.hint) from None
-    return ctx.store.freezes.add(scope=scope, reason=reason.strip(), by=ctx.who, until=end)
+    return ctx.store.freezes.add(
+        scope=scope, reason=reason.strip(), by=ctx.who, until=end, all_fleets=all_fleets
+    )
 
 
-def freeze_off(ctx: FleetContext, reason: str | None = None, scope: str | None = None) -> list[Freeze]:
-    """Lift every manual freeze in force (or those of one scope). Audited as freeze.off. Freeze windows
-    from fleet.yml stay: they end by themselves."""
-    return ctx.store.freezes.lift(by=ctx.who, reason=(reason or "").strip() or None, scope=scope)
+def freeze_off(
+    ctx: FleetContext, reason: str | None = None, scope: str | None = None, all_fleets: bool = False
+) -> list[Freeze]:
+    """Lift every manual freeze of this fleet in force (or those of one scope; all_fleets: those set with
+    --all-fleets instead). Audited as freeze.off. Freeze windows from fleet.yml end by themselves."""
+    reason = (reason or "").strip() or None
+    return ctx.store.freezes.lift(by=ctx.who, reason=reason, scope=scope, all_fleets=all_fleets)
 
 
 # -- enforcement --------------------------------------------------------------------------------------

@@ -221,6 +221,7 @@ def make_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
         made.append(d)
         sim = Sim(info)
         sim.write_config(
+            name=d.name,  # a shared (PostgreSQL) journal needs it; the same as SQLite's default
             rollout=fast_policy(**policy),
             health={
                 "interval": "1s",

@@ -55,10 +55,15 @@ def open_window() -> dict:
     return {"windows": [window]}
 
 
-def lease_expired(url: str) -> bool:
+def lock_of(sim: Sim) -> str:
+    """The name of the sim fleet's lock: fleet.yml `name:` (the sim's directory) and the component."""
+    return f"fleet:{sim.dir.name}:host-controller"
+
+
+def lease_expired(url: str, sim: Sim) -> bool:
     store = Store.open(url)
     try:
-        holder = store.locks.holder("fleet:host-controller")
+        holder = store.locks.holder(lock_of(sim))
         return holder is None or store.locks.is_dead(holder)
     finally:
         store.close()
@@ -102,7 +107,7 @@ def test_kill_9_holder_other_machine_resumes_only_after_the_lease_expires(
     refused = cli("resume --yes", env=b, code=4)
     assert "another run holds the fleet lock" in refused.stderr and "by alice on ctl-a" in refused.stderr
     assert set(sim.current().values()) <= {"1.0.0", "1.1.0"} and states(cli, b)["node-002"] == "pending"
-    wait_for(lambda: lease_expired(journal_url), timeout=30, what="the lease to expire")
+    wait_for(lambda: lease_expired(journal_url, sim), timeout=30, what="the lease to expire")
     cli("resume --yes", env=b)
     assert set(sim.current().values()) == {"1.1.0"}
     assert all(n <= 1 for n in restarts(sim).values()), f"a node was updated twice: {restarts(sim)}"
@@ -130,7 +135,9 @@ def test_a_holder_that_lost_its_lease_stops_and_exits_4(
     wait_for(lambda: states(cli, b).get("node-001") == "verifying", what="the canary baking")
     proc.send_signal(signal.SIGSTOP)
     try:
-        wait_for(lambda: lease_expired(journal_url), timeout=30, what="the stalled holder's lease to expire")
+        wait_for(
+            lambda: lease_expired(journal_url, sim), timeout=30, what="the stalled holder's lease to expire"
+        )
         cli("abort", env=b, code=1)  # an aborted run is not a success
         after_abort = cli.json("status --json", env=b)
         assert after_abort["run"]["status"] == "aborted"
@@ -186,16 +193,16 @@ def test_the_heartbeat_renews_the_lease_past_its_first_expiry(
     proc = fleetctl_proc(["rollout", "1.1.0", "--yes"], a)
     try:
         store = Store.open(journal_url)
-        first = wait_for(lambda: store.locks.holder("fleet:host-controller"), what="the lock taken")
+        first = wait_for(lambda: store.locks.holder(lock_of(sim)), what="the lock taken")
         assert first.expires_at is not None and first.hostname == "ctl-a"
         # renewed until the lease it first took is over: the holder lives on, judged by its lease alone
         wait_for(
-            lambda: (h := store.locks.holder("fleet:host-controller")) and h.heartbeat_at > first.expires_at,
+            lambda: (h := store.locks.holder(lock_of(sim))) and h.heartbeat_at > first.expires_at,
             what="a renewal past the first expiry",
         )
         refused = cli("rollout 1.2.0 -l canary --yes", env=b, code=4)
         assert "by alice on ctl-a" in refused.stderr
-        assert store.locks.holder("fleet:host-controller").fence == first.fence
+        assert store.locks.holder(lock_of(sim)).fence == first.fence
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

@@ -53,7 +53,8 @@ def test_freeze_on_status_list_off_and_audit(make_sim, cli):
     assert row["state"] == "active" and row["by"] == "tester" and row["until"]
 
     cli("freeze off --reason understood", env=sim.env)
-    assert cli.json("freeze status --json", env=sim.env) == {"frozen": False, "by": [], "next_change": None}
+    not_frozen = {"fleet": sim.dir.name, "frozen": False, "by": [], "next_change": None}
+    assert cli.json("freeze status --json", env=sim.env) == not_frozen
     [row] = cli.json("freeze list --json", env=sim.env)["freezes"]
     assert row["state"] == "lifted" and row["lifted_by"] == "tester" and row["lift_reason"] == "understood"
     entries = cli.json("audit --json", env=sim.env)["audit"]
@@ -76,7 +77,12 @@ def test_manual_freeze_with_until_expires_by_itself(make_sim, cli):
     clock.advance(minutes=59)
     assert policy.status(ctx).frozen
     clock.advance(minutes=1)
-    assert policy.status(ctx).to_json() == {"frozen": False, "by": [], "next_change": None}
+    assert policy.status(ctx).to_json() == {
+        "fleet": sim.dir.name,
+        "frozen": False,
+        "by": [],
+        "next_change": None,
+    }
     assert [e.state for e in policy.entries(ctx)] == ["expired"]
     policy.refuse_if_frozen(ctx, rollouts.make_plan(ctx, "1.1.0"), {})  # no longer refused
 

@@ -25,7 +25,14 @@ AtOption = Annotated[
 ]
 
 
+AllFleetsOption = Annotated[
+    bool,
+    typer.Option("--all-fleets", help="Every fleet in the journal (a shared database), not just this one."),
+]
+
+
 def _show_status(st: CliState, status: policy.FreezeStatus) -> None:
+    st.out.print(f"fleet {status.fleet}")
     if not status.frozen:
         st.out.print("not frozen")
     for cause in status.by:
@@ -47,15 +54,17 @@ def on(
     limit: Annotated[
         str, typer.Option("--limit", "-l", help="Freeze only hosts matching this Ansible pattern.")
     ] = "all",
+    all_fleets: AllFleetsOption = False,
     json_out: JsonOption = False,
 ) -> None:
     """Start a manual freeze (until lifted with `freeze off`, or until --until / for --for)."""
     st = state(ctx)
-    freeze = policy.freeze_on(st.ctx, reason, until=until, for_=for_, scope=limit)
+    freeze = policy.freeze_on(st.ctx, reason, until=until, for_=for_, scope=limit, all_fleets=all_fleets)
     if json_out:
         return print_json(freeze.to_json())
     until_text = f" until {policy.fmt_instant(freeze.until)}" if freeze.until else " until lifted"
-    st.err.print(f"freeze #{freeze.id} on {freeze.scope}{until_text} by {freeze.created_by}: {freeze.reason}")
+    where = "every fleet in the journal" if all_fleets else f"{freeze.scope} of fleet {freeze.fleet}"
+    st.err.print(f"freeze #{freeze.id} on {where}{until_text} by {freeze.created_by}: {freeze.reason}")
     for run in policy.runs_it_pauses(st.ctx):
         st.err.print(
             f"run {run.id} (rollout {run.target}) will pause before its next batch on a frozen host; "
@@ -70,16 +79,18 @@ def off(
     limit: Annotated[
         str | None, typer.Option("--limit", "-l", help="Lift only freezes with exactly this scope pattern.")
     ] = None,
+    all_fleets: AllFleetsOption = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Lift the manual freezes in force. Freeze windows from fleet.yml end by themselves."""
+    """Lift this fleet's manual freezes in force (--all-fleets: those set with --all-fleets). Freeze
+    windows from fleet.yml end by themselves."""
     st = state(ctx)
-    lifted = policy.freeze_off(st.ctx, reason, scope=limit)
+    lifted = policy.freeze_off(st.ctx, reason, scope=limit, all_fleets=all_fleets)
     after = policy.status(st.ctx)
     if json_out:
         return print_json({"lifted": [f.to_json() for f in lifted], "status": after.to_json()})
     if not lifted:
-        st.err.print("no manual freeze was in force")
+        st.err.print("no manual freeze was in force" + (" on every fleet" if all_fleets else ""))
     for f in lifted:
         st.err.print(f"lifted freeze #{f.id} on {f.scope} ({f.reason})")
     for cause in after.by:
@@ -98,13 +109,14 @@ def list_(ctx: typer.Context, json_out: JsonOption = False) -> None:
     rows = policy.entries(st.ctx)
     if json_out:
         return print_json({"freezes": [r.to_json() for r in rows]})
-    t = table("ID", "STATE", "SCOPE", "BY", "SINCE", "UNTIL", "REASON", "LIFTED")
+    t = table("ID", "STATE", "FLEET", "SCOPE", "BY", "SINCE", "UNTIL", "REASON", "LIFTED")
     for r in rows:
         f = r.freeze
         lifted = f"{when(f.lifted_at)} by {f.lifted_by}" if f.lifted_at else ""
         t.add_row(
             str(f.id),
             r.state,
+            "all fleets" if f.fleet == "*" else f.fleet,
             f.scope,
             f.created_by or "-",
             when(f.created_at),

@@ -215,7 +215,8 @@ def runs(
     st = state(ctx)
     records = st.ctx.store.runs.list(limit=last)
     if json_out:
-        return print_json({"runs": [r.to_json() for r in records]})
+        return print_json({"fleet": st.ctx.store.fleet, "runs": [r.to_json() for r in records]})
+    st.err.print(f"fleet {st.ctx.store.fleet}")
     t = table("RUN", "KIND", "TARGET", "STATUS", "OPERATOR", "STARTED", "FINISHED", "REASON")
     for r in records:
         t.add_row(
@@ -274,7 +275,7 @@ def render_status(s: control.RunStatus) -> str:
     lines = [
         f"run {doc['id']}  {doc['kind']} {doc['target'] or ''}  {doc['status']}"
         + (f" ({doc['reason']})" if doc["reason"] else ""),
-        f"  operator {doc['operator']}  started {doc['started_at']}",
+        f"  fleet {doc['fleet']}  operator {doc['operator']}  started {doc['started_at']}",
         f"  stage {doc['stage'] or '-'}  batch {doc['batch'] or '-'}  "
         + "  ".join(f"{k} {v}" for k, v in sorted(doc["counts"].items()))
         + f"  (of {doc['total']})",

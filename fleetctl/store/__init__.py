@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from fleetctl.errors import StoreError
-from fleetctl.store.migrations import migrate, require_current
+from fleetctl.store.migrations import claim_legacy, migrate, require_current
 
 Clock = Callable[[], datetime]
 
@@ -28,7 +28,9 @@ def utcnow() -> datetime:
 
 
 class Store:
-    def __init__(self, engine: Engine, clock: Clock = utcnow, where: str | None = None) -> None:
+    def __init__(
+        self, engine: Engine, clock: Clock = utcnow, where: str | None = None, fleet: str = ""
+    ) -> None:
         from fleetctl.store.controls import Audit, Freezes, Quarantine
         from fleetctl.store.guards import Guards
         from fleetctl.store.ledger import Ledger
@@ -40,6 +42,7 @@ class Store:
         self.engine = engine
         self.clock = clock
         self.where = where or _where(engine.url)
+        self.fleet = fleet  # fleet.yml `name:`: every repository reads and writes this fleet's rows only
         self.ledger = Ledger(self)
         self.runs = Runs(self)
         self.locks = Locks(self)
@@ -51,8 +54,8 @@ class Store:
         self.outbox = Outbox(self)
 
     @classmethod
-    def open(cls, url: str, clock: Clock = utcnow) -> Store:
-        """Open (creating if needed) and migrate the journal at a SQLAlchemy URL."""
+    def open(cls, url: str, clock: Clock = utcnow, fleet: str = "") -> Store:
+        """Open (creating if needed) and migrate the journal at a SQLAlchemy URL, scoped to `fleet`."""
         try:
             parsed = make_url(url)
         except ArgumentError:
@@ -67,6 +70,8 @@ class Store:
                     migrate(conn, _where(parsed))
                 else:
                     require_current(conn, _where(parsed))  # a shared one only by `fleetctl db upgrade`
+                if fleet:
+                    claim_legacy(conn, fleet)
         except StoreError:
             raise
         except (NoSuchModuleError, ImportError) as exc:
@@ -80,7 +85,7 @@ class Store:
                 f"cannot open state database {parsed.render_as_string(hide_password=True)}: {detail}",
                 "check --db / FLEETCTL_DB / `state:` in fleet.yml",
             ) from None
-        return cls(engine, clock, _where(parsed))
+        return cls(engine, clock, _where(parsed), fleet)
 
     def now(self) -> datetime:
         return self.clock()

@@ -15,6 +15,13 @@ if TYPE_CHECKING:
     from fleetctl.store import Store
 
 
+ALL_FLEETS = "*"  # the fleet of a freeze that covers every fleet in the journal (freeze on --all-fleets)
+
+
+def _entry(row: Any) -> QuarantineEntry:
+    return QuarantineEntry(**{k: row[k] for k in QuarantineEntry.__dataclass_fields__})
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -30,6 +37,7 @@ class Freeze:
     lifted_at: datetime | None
     lifted_by: str | None
     lift_reason: str | None
+    fleet: str = ""  # the fleet it covers, or ALL_FLEETS
 
     def active_at(self, at: datetime) -> bool:
         return self.created_at <= at and self.lifted_at is None and (self.until is None or at < self.until)
@@ -46,6 +54,8 @@ class Freeze:
             "lifted_at": _iso(self.lifted_at),
             "lifted_by": self.lifted_by,
             "lift_reason": self.lift_reason,
+            "fleet": self.fleet,
+            "all_fleets": self.fleet == ALL_FLEETS,
         }
 
 
@@ -53,21 +63,36 @@ class Freezes:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def add(self, *, scope: str, reason: str, by: str | None, until: datetime | None) -> Freeze:
+    def _mine(self) -> Any:
+        """This fleet's freezes and those covering every fleet."""
+        return schema.freezes.c.fleet.in_([self.store.fleet, ALL_FLEETS])
+
+    def add(
+        self, *, scope: str, reason: str, by: str | None, until: datetime | None, all_fleets: bool = False
+    ) -> Freeze:
+        """A manual freeze of this fleet, or (all_fleets) of every fleet in the journal."""
         now = self.store.now()
+        fleet = ALL_FLEETS if all_fleets else self.store.fleet
         with self.store.tx() as conn:
             fid: int = conn.execute(
                 schema.freezes.insert().values(
-                    scope=scope, reason=reason, created_by=by, created_at=now, until=until
+                    fleet=fleet, scope=scope, reason=reason, created_by=by, created_at=now, until=until
                 )
             ).inserted_primary_key[0]  # type: ignore[index]
-            self.store.audit.write(conn, "freeze.on", scope, reason, by, {"until": _iso(until), "id": fid})
+            details: dict[str, Any] = {"until": _iso(until), "id": fid}
+            if all_fleets:
+                details["all_fleets"] = True
+            self.store.audit.write(conn, "freeze.on", scope, reason, by, details)
         return next(f for f in self.all() if f.id == fid)
 
-    def lift(self, *, by: str | None, reason: str | None, scope: str | None = None) -> builtins.list[Freeze]:
-        """Lift every active manual freeze (or those of one scope). Returns what was lifted."""
+    def lift(
+        self, *, by: str | None, reason: str | None, scope: str | None = None, all_fleets: bool = False
+    ) -> builtins.list[Freeze]:
+        """Lift this fleet's active manual freezes (or those of one scope; all_fleets: those covering
+        every fleet instead). Returns what was lifted."""
         now = self.store.now()
-        lifted = [f for f in self.active(now) if scope is None or f.scope == scope]
+        fleet = ALL_FLEETS if all_fleets else self.store.fleet
+        lifted = [f for f in self.active(now) if f.fleet == fleet and (scope is None or f.scope == scope)]
         t = schema.freezes
         with self.store.tx() as conn:
             for f in lifted:
@@ -83,14 +108,17 @@ class Freezes:
         t = schema.freezes
         with self.store.read() as conn:
             rows = conn.execute(
-                select(t).order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
+                select(t).where(self._mine()).order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
             ).mappings()
             return [Freeze(**r) for r in rows]
 
     def active(self, at: datetime) -> builtins.list[Freeze]:
         t = schema.freezes
         q = select(t).where(
-            t.c.lifted_at.is_(None), t.c.created_at <= at, or_(t.c.until.is_(None), t.c.until > at)
+            self._mine(),
+            t.c.lifted_at.is_(None),
+            t.c.created_at <= at,
+            or_(t.c.until.is_(None), t.c.until > at),
         )
         with self.store.read() as conn:
             return [Freeze(**r) for r in conn.execute(q.order_by(t.c.id)).mappings()]
@@ -133,6 +161,7 @@ class Quarantine:
         with self.store.tx() as conn:
             conn.execute(
                 schema.quarantine.insert().values(
+                    fleet=self.store.fleet,
                     component=component,
                     version=version,
                     reason=reason,
@@ -145,18 +174,24 @@ class Quarantine:
 
     def get(self, component: str, version: str) -> QuarantineEntry | None:
         t = schema.quarantine
-        q = select(t).where(t.c.component == component, t.c.version == version, t.c.cleared_at.is_(None))
+        q = select(t).where(
+            t.c.fleet == self.store.fleet,
+            t.c.component == component,
+            t.c.version == version,
+            t.c.cleared_at.is_(None),
+        )
         with self.store.read() as conn:
             row = conn.execute(q).mappings().first()
-        return QuarantineEntry(**row) if row else None
+        return _entry(row) if row else None
 
     def list(self, component: str, include_cleared: bool = False) -> builtins.list[QuarantineEntry]:
         t = schema.quarantine
-        q = select(t).where(t.c.component == component).order_by(t.c.created_at.desc())
+        q = select(t).where(t.c.fleet == self.store.fleet, t.c.component == component)
+        q = q.order_by(t.c.created_at.desc())
         if not include_cleared:
             q = q.where(t.c.cleared_at.is_(None))
         with self.store.read() as conn:
-            return [QuarantineEntry(**r) for r in conn.execute(q).mappings()]
+            return [_entry(r) for r in conn.execute(q).mappings()]
 
     def clear(self, component: str, version: str, *, reason: str, by: str | None) -> QuarantineEntry | None:
         entry = self.get(component, version)
@@ -211,6 +246,7 @@ class Audit:
         """Append inside the caller's transaction, so the audit entry and the change land together."""
         conn.execute(
             schema.audit.insert().values(
+                fleet=self.store.fleet,
                 at=self.store.now(),
                 actor=actor,
                 action=action,
@@ -235,5 +271,6 @@ class Audit:
     def entries(self, limit: int = 100) -> builtins.list[AuditEntry]:
         t = schema.audit
         with self.store.read() as conn:
-            rows = conn.execute(select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)).mappings()
-            return [AuditEntry(**r) for r in rows]
+            q = select(t).where(t.c.fleet == self.store.fleet).order_by(t.c.at.desc(), t.c.id.desc())
+            rows = conn.execute(q.limit(limit)).mappings()
+            return [AuditEntry(**{k: r[k] for k in AuditEntry.__dataclass_fields__}) for r in rows]

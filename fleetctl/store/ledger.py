@@ -84,7 +84,7 @@ class Ledger:
 
     def entries(self, component: str, hosts: Iterable[str] | None = None) -> dict[str, LedgerEntry]:
         t = schema.ledger
-        q = select(t).where(t.c.component == component)
+        q = select(t).where(t.c.fleet == self.store.fleet, t.c.component == component)
         with self.store.read() as conn:
             rows = conn.execute(q).mappings().all()
         wanted = None if hosts is None else set(hosts)
@@ -127,6 +127,7 @@ class Ledger:
         reports = {host: checked(v)[0] for host, v in reports.items()}
         t, h = schema.ledger, schema.history
         changes: list[Change] = []
+        fleet = self.store.fleet
         with self.store.tx() as conn:
             self.store.locks.check(conn)  # a holder that lost the fleet lock records nothing
             if conn.dialect.name == "postgresql":  # writers queue, as BEGIN IMMEDIATE makes them on SQLite:
@@ -135,7 +136,7 @@ class Ledger:
                 r.host: r.version
                 for r in conn.execute(
                     select(t.c.host, t.c.version).where(
-                        t.c.component == component, t.c.host.in_(list(reports))
+                        t.c.fleet == fleet, t.c.component == component, t.c.host.in_(list(reports))
                     )
                 )
             }
@@ -145,6 +146,7 @@ class Ledger:
                 if host not in known and version is None:  # a new host that reports nothing: no change
                     conn.execute(
                         t.insert().values(
+                            fleet=fleet,
                             host=host,
                             component=component,
                             version=None,
@@ -167,12 +169,15 @@ class Ledger:
                 )
                 if host in known:
                     conn.execute(
-                        t.update().where(t.c.host == host, t.c.component == component).values(**values)
+                        t.update()
+                        .where(t.c.fleet == fleet, t.c.host == host, t.c.component == component)
+                        .values(**values)
                     )
                 else:
-                    conn.execute(t.insert().values(host=host, component=component, **values))
+                    conn.execute(t.insert().values(fleet=fleet, host=host, component=component, **values))
                 conn.execute(
                     h.insert().values(
+                        fleet=fleet,
                         host=host,
                         component=component,
                         from_version=before,
@@ -188,7 +193,11 @@ class Ledger:
 
     def history(self, component: str, host: str | None = None, limit: int | None = None) -> list[Change]:
         h = schema.history
-        q = select(h).where(h.c.component == component).order_by(h.c.at.desc(), h.c.id.desc())
+        q = (
+            select(h)
+            .where(h.c.fleet == self.store.fleet, h.c.component == component)
+            .order_by(h.c.at.desc(), h.c.id.desc())
+        )
         if host:
             q = q.where(h.c.host == host)
         if limit:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, inspect, select
 
 from fleetctl.errors import StoreError
 from fleetctl.store import schema
@@ -56,13 +56,62 @@ def _v5_leases(conn: Connection) -> None:
     conn.exec_driver_sql("DROP TABLE IF EXISTS locks")
 
 
+FLEET_TABLES = ["ledger", "history", "runs", "freezes", "quarantine", "queue", "audit"]
+_LEDGER_COLS = "fleet, host, component, version, previous_version, changed_at, run_id, operator, source"
+
+
+def _v6_fleets(conn: Connection) -> None:
+    """Several fleets in one journal: a fleet column on every fleet's table, the ledger keyed by fleet.
+
+    Rows written before carry fleet '' until the first named fleet opens the journal and claims them
+    (claim_legacy). A journal created by this fleetctl already has the columns (v1 creates the
+    tables as schema.py defines them now), hence the checks."""
+    insp = inspect(conn)
+    for name in FLEET_TABLES:
+        if "fleet" not in {c["name"] for c in insp.get_columns(name)}:
+            conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN fleet VARCHAR(128) NOT NULL DEFAULT ''")
+    pk = insp.get_pk_constraint("ledger")
+    if pk["constrained_columns"] == ["fleet", "host", "component"]:
+        return
+    if conn.dialect.name == "sqlite":  # SQLite cannot change a primary key: rebuild the table
+        conn.exec_driver_sql(
+            "CREATE TABLE ledger_v6 (fleet VARCHAR(128) NOT NULL DEFAULT '', host VARCHAR(255) NOT NULL, "
+            "component VARCHAR(64) NOT NULL, version VARCHAR(128), previous_version VARCHAR(128), "
+            "changed_at DATETIME, run_id VARCHAR(64), operator VARCHAR(128), source VARCHAR(16) NOT NULL, "
+            "PRIMARY KEY (fleet, host, component))"
+        )
+        conn.exec_driver_sql(f"INSERT INTO ledger_v6 ({_LEDGER_COLS}) SELECT {_LEDGER_COLS} FROM ledger")
+        conn.exec_driver_sql("DROP TABLE ledger")
+        conn.exec_driver_sql("ALTER TABLE ledger_v6 RENAME TO ledger")
+    else:
+        conn.exec_driver_sql(f'ALTER TABLE ledger DROP CONSTRAINT "{pk["name"]}"')
+        conn.exec_driver_sql("ALTER TABLE ledger ADD PRIMARY KEY (fleet, host, component)")
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2_guards,
     _v3_ansible_groups,
     _v4_outbox,
     _v5_leases,
+    _v6_fleets,
 ]
+
+
+def claim_legacy(conn: Connection, fleet: str) -> None:
+    """Rows from before migration 6 (fleet '') belong to the first named fleet that opens the journal: a
+    journal held one fleet then. Claimed once (meta `legacy_fleet`), in the opener's transaction."""
+    t = schema.meta
+    if conn.execute(select(t.c.value).where(t.c.key == "legacy_fleet")).first():
+        return
+    if conn.dialect.name == "postgresql":  # two first openers at once: the second waits, then sees the row
+        conn.exec_driver_sql("LOCK TABLE meta IN SHARE ROW EXCLUSIVE MODE")
+        if conn.execute(select(t.c.value).where(t.c.key == "legacy_fleet")).first():
+            return
+    for name in FLEET_TABLES:
+        table = schema.metadata.tables[name]
+        conn.execute(table.update().where(table.c.fleet == "").values(fleet=fleet))
+    conn.execute(t.insert().values(key="legacy_fleet", value=fleet))
 
 
 def current_version(conn: Connection) -> int:

@@ -57,6 +57,7 @@ class Queue:
         with self.store.tx() as conn:
             qid: int = conn.execute(
                 schema.queue.insert().values(
+                    fleet=self.store.fleet,
                     component=component,
                     version=version,
                     pattern=pattern,
@@ -73,18 +74,28 @@ class Queue:
 
     def get(self, qid: int) -> QueueItem | None:
         with self.store.read() as conn:
-            row = conn.execute(select(schema.queue).where(schema.queue.c.id == qid)).mappings().first()
-        return QueueItem(**row) if row else None
+            t = schema.queue
+            row = (
+                conn.execute(select(t).where(t.c.id == qid, t.c.fleet == self.store.fleet)).mappings().first()
+            )
+        return _item(row) if row else None
 
     def list(
         self, component: str, statuses: tuple[str, ...] = ("queued", "started")
     ) -> builtins.list[QueueItem]:
         t = schema.queue
-        q = select(t).where(t.c.component == component, t.c.status.in_(statuses)).order_by(t.c.id)
+        q = select(t).where(
+            t.c.fleet == self.store.fleet, t.c.component == component, t.c.status.in_(statuses)
+        )
         with self.store.read() as conn:
-            return [QueueItem(**r) for r in conn.execute(q).mappings()]
+            return [_item(r) for r in conn.execute(q.order_by(t.c.id)).mappings()]
 
     def set(self, qid: int, **values: Any) -> None:
         with self.store.tx() as conn:
             self.store.locks.check(conn)  # a tick that lost the fleet lock does not move the queue
-            conn.execute(schema.queue.update().where(schema.queue.c.id == qid).values(**values))
+            t = schema.queue
+            conn.execute(t.update().where(t.c.id == qid, t.c.fleet == self.store.fleet).values(**values))
+
+
+def _item(row: Any) -> QueueItem:
+    return QueueItem(**{k: row[k] for k in QueueItem.__dataclass_fields__})

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from fleetctl.store import schema
 
@@ -41,10 +41,12 @@ class RunRecord:
     started_at: datetime | None
     finished_at: datetime | None
     control: str | None
+    fleet: str = ""  # fleet.yml `name:` of the fleet it ran on
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "fleet": self.fleet,
             "kind": self.kind,
             "version": self.target,
             "target": self.target,  # deprecated alias of version (docs/json.md)
@@ -99,6 +101,10 @@ class Runs:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    def _mine(self) -> Select[Any]:
+        """This fleet's runs (a run's hosts follow it: run_hosts is reached through a run id only)."""
+        return select(schema.runs).where(schema.runs.c.fleet == self.store.fleet)
+
     def create(
         self,
         *,
@@ -122,6 +128,7 @@ class Runs:
             conn.execute(
                 schema.runs.insert().values(
                     id=run_id,
+                    fleet=self.store.fleet,
                     kind=kind,
                     component=component,
                     target=target,
@@ -158,7 +165,7 @@ class Runs:
 
     def get(self, run_id: str) -> RunRecord | None:
         with self.store.read() as conn:
-            row = conn.execute(select(schema.runs).where(schema.runs.c.id == run_id)).mappings().first()
+            row = conn.execute(self._mine().where(schema.runs.c.id == run_id)).mappings().first()
         return _record(row) if row else None
 
     def find(self, ref: str) -> RunRecord | None:
@@ -169,7 +176,7 @@ class Runs:
         t = schema.runs
         with self.store.read() as conn:
             rows = (
-                conn.execute(select(t).where(t.c.id.startswith(ref, autoescape=True)).limit(2))
+                conn.execute(self._mine().where(t.c.id.startswith(ref, autoescape=True)).limit(2))
                 .mappings()
                 .all()
             )
@@ -179,7 +186,7 @@ class Runs:
         self, limit: int = 20, kind: str | None = None, statuses: Iterable[str] | None = None
     ) -> builtins.list[RunRecord]:
         t = schema.runs
-        q = select(t).order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
+        q = self._mine().order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
         if kind:
             q = q.where(t.c.kind == kind)
         if statuses is not None:

@@ -46,6 +46,7 @@ meta = Table("meta", metadata, Column("key", String(64), primary_key=True), Colu
 ledger = Table(
     "ledger",
     metadata,
+    Column("fleet", String(128), primary_key=True, server_default=""),  # v6: key (fleet, host, component)
     Column("host", String(255), primary_key=True),
     Column("component", String(64), primary_key=True),
     Column("version", String(128)),
@@ -60,6 +61,7 @@ history = Table(
     "history",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fleet", String(128), nullable=False, server_default=""),  # v6: the fleet (fleet.yml `name:`)
     Column("host", String(255), nullable=False, index=True),
     Column("component", String(64), nullable=False),
     Column("from_version", String(128)),
@@ -74,6 +76,7 @@ runs = Table(
     "runs",
     metadata,
     Column("id", String(64), primary_key=True),
+    Column("fleet", String(128), nullable=False, server_default=""),  # v6: the fleet (fleet.yml `name:`)
     Column("kind", String(16), nullable=False),  # rollout | rollback
     Column("target", String(128)),  # the version (rollout, rollback --to), or None
     Column("component", String(64), nullable=False),
@@ -116,6 +119,7 @@ freezes = Table(
     "freezes",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fleet", String(128), nullable=False, server_default=""),  # v6: the fleet (fleet.yml `name:`)
     Column("scope", String(255), nullable=False),  # an Ansible host pattern; "all" for the fleet
     Column("reason", Text, nullable=False),
     Column("created_by", String(128)),
@@ -130,6 +134,7 @@ quarantine = Table(
     "quarantine",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fleet", String(128), nullable=False, server_default=""),  # v6: the fleet (fleet.yml `name:`)
     Column("component", String(64), nullable=False),
     Column("version", String(128), nullable=False, index=True),
     Column("reason", Text, nullable=False),
@@ -158,6 +163,7 @@ queue = Table(
     "queue",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fleet", String(128), nullable=False, server_default=""),  # v6: the fleet (fleet.yml `name:`)
     Column("component", String(64), nullable=False),
     Column("version", String(128), nullable=False),
     Column("pattern", String(255)),
@@ -172,6 +178,7 @@ audit = Table(
     "audit",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fleet", String(128), nullable=False, server_default=""),  # v6: the fleet (fleet.yml `name:`)
     Column("at", UTCDateTime, nullable=False, index=True),
     Column("actor", String(128)),
     Column("action", String(64), nullable=False),
